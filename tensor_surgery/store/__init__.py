@@ -1,0 +1,7 @@
+"""Reading models: safetensors parsing and validation, memory-mapped tensors, sharded indexes,
+layout inference, slices, overviews and streaming statistics. numpy + ml_dtypes only."""
+
+from .model import Model, SafetensorsFile, TensorRef, open_model, resolve_model_path
+from .reader import TensorReader
+
+__all__ = ["Model", "SafetensorsFile", "TensorRef", "TensorReader", "open_model", "resolve_model_path"]

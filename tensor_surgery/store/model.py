@@ -1,0 +1,402 @@
+"""Open models: one safetensors file, a sharded `*.index.json`, or a folder holding either.
+
+Tensors are memory-mapped. Opening reads and validates headers only; the data section is mapped
+lazily on first access, and a read touches only the pages it needs. Each file remembers the
+identity it had when validated (size, mtime, inode): a read from a file changed on disk since then
+raises `ModelChanged` instead of trusting stale offsets (a truncated mapping would otherwise
+crash the process with SIGBUS).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InvalidModelFile, ModelChanged, ModelNotFound, TensorNotFound
+from .header import Header, TensorInfo, read_header
+
+MAX_INDEX_SIZE = 100_000_000
+_SHARD_NAME = re.compile(r"^(?P<prefix>.+)-\d{5}-of-(?P<total>\d{5})\.safetensors$")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+class SafetensorsFile:
+    """One validated safetensors file and its (lazy) read-only memory map."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            raise ModelNotFound(f"{self.path}: no such file", file=self.path) from None
+        except IsADirectoryError:
+            raise InvalidModelFile(f"{self.path}: is a folder, not a file", file=self.path) from None
+        except PermissionError:
+            raise ModelNotFound(f"{self.path}: permission denied", file=self.path) from None
+        with f:
+            st = os.fstat(f.fileno())
+            self.identity = _identity(st)
+            self.header: Header = read_header(self.path, f)
+        self._mm: mmap.mmap | None = None
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def tensors(self) -> dict[str, TensorInfo]:
+        return self.header.tensors
+
+    @property
+    def data_start(self) -> int:
+        return self.header.data_start
+
+    def check_unchanged(self) -> None:
+        try:
+            st = os.fstat(self._fd) if self._fd is not None else os.stat(self.path)
+        except OSError:
+            st = None
+        if st is None or _identity(st) != self.identity:
+            raise ModelChanged(
+                f"{self.path} changed on disk after it was opened; reopen the model to read it",
+                file=self.path,
+            )
+
+    def buffer(self) -> mmap.mmap:
+        """The whole file, mapped read-only (mapped on first use)."""
+        mm = self._mm
+        if mm is None:
+            with self._lock:
+                if self._mm is None:
+                    fd = os.open(self.path, os.O_RDONLY)
+                    try:
+                        if _identity(os.fstat(fd)) != self.identity:
+                            raise ModelChanged(
+                                f"{self.path} changed on disk after it was opened; reopen it",
+                                file=self.path,
+                            )
+                        self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    self._fd = fd
+                mm = self._mm
+        else:
+            self.check_unchanged()
+        return mm
+
+    def tensor_bytes(self, info: TensorInfo) -> np.ndarray:
+        """Zero-copy uint8 view of one tensor's bytes."""
+        if info.nbytes == 0:
+            return np.zeros(0, dtype=np.uint8)
+        mm = self.buffer()
+        return np.frombuffer(mm, dtype=np.uint8, count=info.nbytes, offset=self.data_start + info.begin)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._mm is not None:
+                try:
+                    self._mm.close()
+                except BufferError:
+                    # numpy views still reference the map; it is freed with them
+                    pass
+                self._mm = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """A tensor of an opened model: its header entry and the file holding it."""
+
+    info: TensorInfo
+    file: SafetensorsFile
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.info.shape
+
+    @property
+    def dtype(self):
+        return self.info.dtype
+
+    @property
+    def numel(self) -> int:
+        return self.info.numel
+
+    @property
+    def nbytes(self) -> int:
+        return self.info.nbytes
+
+    def raw(self) -> np.ndarray:
+        return self.file.tensor_bytes(self.info)
+
+
+@dataclass
+class Model:
+    path: str  # what was opened: a file or an index (a folder resolves to one of these)
+    kind: str  # "file" or "sharded"
+    files: list[SafetensorsFile]
+    tensors: dict[str, TensorRef]
+    metadata: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(self.path)
+
+    @property
+    def name(self) -> str:
+        p = Path(self.path)
+        if self.kind == "sharded" or p.name in ("model.safetensors",):
+            return p.parent.name or p.name
+        return p.name.removesuffix(".safetensors")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def tensor(self, name: str) -> TensorRef:
+        try:
+            return self.tensors[name]
+        except KeyError:
+            raise TensorNotFound(
+                f"no tensor named {name!r} in {self.name}", tensor=name, model=self.path
+            ) from None
+
+    def summary(self) -> dict:
+        dtypes: dict[str, int] = {}
+        for t in self.tensors.values():
+            dtypes[t.dtype.name] = dtypes.get(t.dtype.name, 0) + 1
+        return {
+            "name": self.name,
+            "path": self.path,
+            "kind": self.kind,
+            "shards": len(self.files),
+            "shard_files": [os.path.basename(f.path) for f in self.files],
+            "tensor_count": len(self.tensors),
+            "total_bytes": self.nbytes,
+            "numel": sum(t.numel for t in self.tensors.values()),
+            "dtypes": dtypes,
+            "metadata": self.metadata,
+            "warnings": self.warnings,
+        }
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def resolve_model_path(path: str | os.PathLike) -> str:
+    """A file or index path for `path`, which may be a folder holding a model."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelNotFound(f"{p}: no such file or folder", file=str(p))
+    if not p.is_dir():
+        return str(p)
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        return str(index)
+    indexes = sorted(p.glob("*.safetensors.index.json"))
+    if len(indexes) == 1:
+        return str(indexes[0])
+    if len(indexes) > 1:
+        raise InvalidModelFile(
+            f"{p}: holds several shard indexes ({', '.join(i.name for i in indexes)}); "
+            "open one of them by path",
+            file=str(p),
+        )
+    single = p / "model.safetensors"
+    if single.is_file():
+        return str(single)
+    files = sorted(p.glob("*.safetensors"))
+    if len(files) == 1:
+        return str(files[0])
+    if not files:
+        raise ModelNotFound(
+            f"{p}: no .safetensors file or *.safetensors.index.json in this folder", file=str(p)
+        )
+    raise InvalidModelFile(
+        f"{p}: holds {len(files)} .safetensors files and no index; open one of them by path "
+        f"({', '.join(f.name for f in files[:5])}{', ...' if len(files) > 5 else ''})",
+        file=str(p),
+    )
+
+
+PathGuard = Callable[[str], object]
+
+
+def open_model(path: str | os.PathLike, guard: PathGuard | None = None) -> Model:
+    """Open and validate a model: a .safetensors file, an *.index.json, or a folder.
+
+    `guard`, if given, is called with every file path before it is opened (the index and each
+    shard) and raises to refuse it: shard names come from a hostile file and may be symlinks.
+    """
+    resolved = resolve_model_path(path)
+    if guard:
+        guard(resolved)
+    if resolved.endswith(".json"):
+        return _open_sharded(resolved, guard)
+    f = SafetensorsFile(resolved)
+    tensors = {name: TensorRef(info, f) for name, info in f.tensors.items()}
+    return Model(resolved, "file", [f], tensors, dict(f.header.metadata))
+
+
+def _safe_shard_name(index_path: str, tensor: str, shard) -> str:
+    if (
+        not isinstance(shard, str)
+        or not shard
+        or shard in (".", "..")
+        or "/" in shard
+        or "\\" in shard
+        or "\0" in shard
+        or not shard.endswith(".safetensors")
+    ):
+        raise InvalidModelFile(
+            f"{index_path}: weight_map[{tensor!r}] = {shard!r} is not a plain "
+            "*.safetensors file name in the index's folder",
+            file=index_path,
+            field="weight_map",
+            tensor=tensor,
+        )
+    return shard
+
+
+def _read_index(index_path: str) -> dict:
+    from .header import _DuplicateKey, _no_duplicates, _reject_constant
+
+    try:
+        size = os.path.getsize(index_path)
+    except OSError:
+        raise ModelNotFound(f"{index_path}: cannot read the shard index", file=index_path) from None
+    if size > MAX_INDEX_SIZE:
+        raise InvalidModelFile(
+            f"{index_path}: shard index is {size:,} bytes, over the {MAX_INDEX_SIZE:,}-byte limit",
+            file=index_path,
+        )
+    with open(index_path, "rb") as fh:
+        raw = fh.read()
+    try:
+        obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                         parse_constant=_reject_constant)
+    except _DuplicateKey as e:
+        raise InvalidModelFile(
+            f"{index_path}: duplicate key {e.key!r} in the shard index",
+            file=index_path, field="weight_map", key=e.key,
+        ) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InvalidModelFile(
+            f"{index_path}: shard index is not valid UTF-8 JSON: {e}", file=index_path
+        ) from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("weight_map"), dict):
+        raise InvalidModelFile(
+            f"{index_path}: shard index must be an object with a 'weight_map' object",
+            file=index_path, field="weight_map",
+        )
+    if not obj["weight_map"]:
+        raise InvalidModelFile(
+            f"{index_path}: weight_map is empty", file=index_path, field="weight_map"
+        )
+    return obj
+
+
+def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
+    obj = _read_index(index_path)
+    folder = os.path.dirname(os.path.abspath(index_path))
+    weight_map: dict[str, str] = {}
+    by_shard: dict[str, list[str]] = {}
+    for tensor, shard in obj["weight_map"].items():
+        weight_map[tensor] = _safe_shard_name(index_path, tensor, shard)
+        by_shard.setdefault(shard, []).append(tensor)
+
+    missing = [s for s in by_shard if not os.path.isfile(os.path.join(folder, s))]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise InvalidModelFile(
+            f"{index_path}: {len(missing)} shard file(s) named in weight_map are missing: {shown}",
+            file=index_path, field="weight_map", missing_shards=missing,
+        )
+
+    files: list[SafetensorsFile] = []
+    tensors: dict[str, TensorRef] = {}
+    try:
+        for shard, listed in by_shard.items():
+            shard_path = os.path.join(folder, shard)
+            if guard:
+                guard(shard_path)
+            f = SafetensorsFile(shard_path)
+            files.append(f)
+            for name, info in f.tensors.items():
+                if name in tensors:
+                    raise InvalidModelFile(
+                        f"{index_path}: tensor {name!r} is stored in both "
+                        f"{os.path.basename(tensors[name].file.path)} and {shard}",
+                        file=index_path, tensor=name, field="weight_map",
+                    )
+                owner = weight_map.get(name)
+                if owner != shard:
+                    where = f"the index puts it in {owner}" if owner else "the index does not list it"
+                    raise InvalidModelFile(
+                        f"{index_path}: tensor {name!r} is stored in {shard} but {where}",
+                        file=index_path, tensor=name, field="weight_map",
+                    )
+                tensors[name] = TensorRef(info, f)
+            absent = [t for t in listed if t not in f.tensors]
+            if absent:
+                raise InvalidModelFile(
+                    f"{index_path}: weight_map puts {len(absent)} tensor(s) in {shard} that it "
+                    f"does not hold, e.g. {absent[0]!r}",
+                    file=index_path, tensor=absent[0], field="weight_map",
+                )
+    except BaseException:
+        for f in files:
+            f.close()
+        raise
+
+    warnings = _extra_shard_warnings(folder, set(by_shard))
+    meta = obj.get("metadata")
+    metadata = {k: str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+    total = meta.get("total_size") if isinstance(meta, dict) else None
+    actual = sum(t.nbytes for t in tensors.values())
+    if type(total) is int and total != actual:
+        warnings.append(
+            f"index metadata says total_size {total:,} bytes; the shards hold {actual:,}"
+        )
+    return Model(index_path, "sharded", files, tensors, metadata, warnings)
+
+
+def _extra_shard_warnings(folder: str, used: set[str]) -> list[str]:
+    """Shard-like files beside the index that it does not reference."""
+    prefixes = {m["prefix"] for s in used if (m := _SHARD_NAME.match(s))}
+    extra = []
+    for entry in os.scandir(folder):
+        m = _SHARD_NAME.match(entry.name)
+        if m and m["prefix"] in prefixes and entry.name not in used:
+            extra.append(entry.name)
+    if not extra:
+        return []
+    extra.sort()
+    return [
+        f"{len(extra)} shard file(s) in the folder are not referenced by the index: "
+        + ", ".join(extra[:10])
+    ]

@@ -1,0 +1,202 @@
+"""Read a tensor's elements, from the base bytes or through an overlay of staged byte runs.
+
+Elements are read as raw bit patterns (the unsigned integer of the element's width; for F4 the
+4-bit code in a byte) and decoded to values on demand, so the same code serves the value, hex and
+statistics views. An overlay is a list of `(offset, bytes)` runs relative to the tensor's first
+byte (what staged edits and patches produce). Runs may start and end anywhere, even inside an
+element; the reader widens them to whole storage units, so a read sees exactly the bytes an
+export would write.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from .dtypes import DType, decode_f4_at
+from .model import TensorRef
+
+Run = tuple[int, bytes]
+
+
+def unit_of(dtype: DType) -> tuple[int, int]:
+    """(bytes, elements) of the smallest whole storage unit of a dtype."""
+    if dtype.name == "F4":
+        return 1, 2
+    if dtype.bits == 6:
+        return 3, 4
+    return dtype.itemsize, 1
+
+
+class TensorReader:
+    def __init__(self, ref: TensorRef, runs: Sequence[Run] = ()) -> None:
+        self.ref = ref
+        self.dtype = ref.dtype
+        self.shape = ref.shape
+        self.numel = ref.numel
+        self.unit_bytes, self.unit_elems = unit_of(self.dtype)
+        self._segments = self._merge(runs) if runs else []
+        self._seg_starts = [s for s, _ in self._segments]
+
+    @property
+    def staged(self) -> bool:
+        return bool(self._segments)
+
+    # -- bytes ---------------------------------------------------------------------------------
+
+    def _merge(self, runs: Sequence[Run]) -> list[tuple[int, np.ndarray]]:
+        """Widen runs to whole storage units, merge overlapping ones, apply their bytes in order.
+
+        Later runs win where runs overlap (the journal passes them oldest first).
+        """
+        nbytes = self.ref.nbytes
+        u = self.unit_bytes
+        spans: list[list[int]] = []
+        for off, data in sorted(runs, key=lambda r: r[0]):
+            if off < 0 or off + len(data) > nbytes:
+                raise InvalidRequest(
+                    f"staged bytes [{off}, {off + len(data)}) fall outside tensor "
+                    f"{self.ref.name!r} ({nbytes} bytes)",
+                    tensor=self.ref.name,
+                )
+            a = off - off % u
+            b = -(-(off + len(data)) // u) * u
+            if spans and a <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], b)
+            else:
+                spans.append([a, b])
+        raw = self.ref.raw()
+        segments = []
+        for a, b in spans:
+            buf = np.array(raw[a:b], dtype=np.uint8)
+            for off, data in runs:  # original order: later runs overwrite earlier ones
+                if off < b and off + len(data) > a:
+                    lo, hi = max(off, a), min(off + len(data), b)
+                    buf[lo - a : hi - a] = np.frombuffer(data, np.uint8, hi - lo, lo - off)
+            segments.append((a, buf))
+        return segments
+
+    def read_bytes(self, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of the tensor, overlay applied."""
+        if offset < 0 or length < 0 or offset + length > self.ref.nbytes:
+            raise InvalidRequest(
+                f"byte range [{offset}, {offset + length}) is outside tensor {self.ref.name!r} "
+                f"({self.ref.nbytes} bytes)",
+                tensor=self.ref.name, field="offset",
+            )
+        out = np.array(self.ref.raw()[offset : offset + length], dtype=np.uint8)
+        for a, buf in self._segments_between(offset, offset + length):
+            lo, hi = max(a, offset), min(a + len(buf), offset + length)
+            out[lo - offset : hi - offset] = buf[lo - a : hi - a]
+        return out.tobytes()
+
+    def base_bytes(self, offset: int, length: int) -> bytes:
+        return bytes(self.ref.raw()[offset : offset + length])
+
+    def _segments_between(self, lo: int, hi: int) -> Iterator[tuple[int, np.ndarray]]:
+        i = max(bisect.bisect_right(self._seg_starts, lo) - 1, 0)
+        for a, buf in self._segments[i:]:
+            if a >= hi:
+                break
+            if a + len(buf) > lo:
+                yield a, buf
+
+    # -- elements ------------------------------------------------------------------------------
+
+    def _check_byte_aligned(self) -> None:
+        if self.dtype.packed and self.dtype.name != "F4":
+            raise self.dtype.undecodable()
+
+    def patterns_view(self) -> np.ndarray:
+        """Zero-copy view of the base bit patterns in the tensor's shape (byte-aligned dtypes)."""
+        raw = self.ref.raw()
+        return raw.view(self.dtype.storage).reshape(self.shape)
+
+    def chunk_patterns(self, start: int, stop: int) -> np.ndarray:
+        """Bit patterns of flat elements [start, stop), overlay applied (copy only if needed)."""
+        self._check_byte_aligned()
+        if self.dtype.name == "F4":
+            return self._f4_patterns(np.arange(start, stop, dtype=np.int64))
+        isz = self.unit_bytes
+        lo, hi = start * isz, stop * isz
+        raw = self.ref.raw()[lo:hi]
+        segs = list(self._segments_between(lo, hi)) if self._segments else []
+        if segs:
+            raw = np.array(raw)
+            for a, buf in segs:
+                s, e = max(a, lo), min(a + len(buf), hi)
+                raw[s - lo : e - lo] = buf[s - a : e - a]
+        return raw.view(self.dtype.storage)
+
+    def iter_chunks(self, chunk_elems: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.numel, chunk_elems):
+            yield self.chunk_patterns(start, min(start + chunk_elems, self.numel))
+
+    def read_patterns(self, index: tuple) -> np.ndarray:
+        """Bit patterns of `base[index]` (basic indexing: ints and slices), overlay applied."""
+        self._check_byte_aligned()
+        if self.dtype.name == "F4" or self._segments:
+            flat = self._flat_indices(index)
+            if self.dtype.name == "F4":
+                return self._f4_patterns(flat)
+            out = np.array(self.patterns_view()[index])
+            self._overlay_elements(out, flat)
+            return out
+        return np.array(self.patterns_view()[index])
+
+    def _flat_indices(self, index: tuple) -> np.ndarray:
+        if not self.shape:
+            return np.zeros((), dtype=np.int64)
+        grids = [np.arange(n, dtype=np.int64)[ix] for n, ix in zip(self.shape, index)]
+        strides = np.cumprod((self.shape[1:] + (1,))[::-1])[::-1].astype(np.int64)
+        flat = np.zeros((), dtype=np.int64)
+        kept = []
+        for g, st in zip(grids, strides):
+            if g.ndim == 0:
+                flat = flat + g * st
+            else:
+                kept.append(g * st)
+        for i, g in enumerate(kept):
+            shape = [1] * len(kept)
+            shape[i] = len(g)
+            flat = flat + g.reshape(shape)
+        return np.broadcast_to(flat, tuple(len(g) for g in kept)).copy()
+
+    def _overlay_elements(self, out: np.ndarray, flat: np.ndarray) -> None:
+        isz = self.unit_bytes
+        for a, buf in self._segments:
+            e0, e1 = a // isz, (a + len(buf)) // isz
+            sel = (flat >= e0) & (flat < e1)
+            if sel.any():
+                out[sel] = buf.view(self.dtype.storage)[flat[sel] - e0]
+
+    def _f4_patterns(self, flat: np.ndarray) -> np.ndarray:
+        raw = self.ref.raw()
+        codes = decode_f4_at(raw, flat).view(np.uint8)
+        if self._segments:
+            byte_idx = flat >> 1
+            for a, buf in self._segments:
+                sel = (byte_idx >= a) & (byte_idx < a + len(buf))
+                if sel.any():
+                    codes[sel] = decode_f4_at(buf, flat[sel] - 2 * a).view(np.uint8)
+        return codes
+
+    # -- values --------------------------------------------------------------------------------
+
+    def decode(self, patterns: np.ndarray) -> np.ndarray:
+        """Values of bit patterns, in the dtype's own numpy type."""
+        if self.dtype.name == "F4":
+            return patterns.view(self.dtype.numpy)
+        return patterns.view(self.dtype.element)
+
+    def read_values(self, index: tuple) -> np.ndarray:
+        return self.decode(self.read_patterns(index))
+
+    def values_view(self) -> np.ndarray:
+        """Zero-copy values of the base tensor (byte-aligned, decodable dtypes, no overlay)."""
+        if not self.dtype.decodable or self.dtype.packed:
+            raise self.dtype.undecodable()
+        return self.patterns_view().view(self.dtype.element)

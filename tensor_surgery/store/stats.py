@@ -1,0 +1,510 @@
+"""Statistics of a tensor (or slice) in one streaming pass over fixed-size chunks.
+
+Two exact strategies, chosen by width:
+
+- dtypes of at most 16 bits (BF16, F16, every F8, F4, 8/16-bit ints, BOOL): count every bit
+  pattern (`np.bincount` over chunks). Every moment, extreme, percentile and histogram then
+  follows exactly from at most 65,536 counts, so one pass answers everything and the counts are
+  kept to serve histograms of any range later without touching the data again.
+- 32/64-bit dtypes: per chunk, exact min/max, a Chan/Welford merge of mean and M2 in float64, the
+  sparsity count, and a 65,536-bin histogram of the top 16 bits of an order-preserving key. A
+  percentile's coarse bin is found from those counts; a second pass collects only the values of
+  those few bins to give exact order statistics (numpy's 'linear' interpolation).
+
+Complex tensors are described by the magnitude of their elements (`of: "magnitude"`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InvalidRequest
+from .dtypes import DType, value_table
+from .reader import TensorReader
+
+CHUNK_ELEMS = 1 << 20  # 2 MB of BF16: bincount's sweet spot (see bench/read.py)
+DEFAULT_PERCENTILES = (0.1, 1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0, 99.9)
+SPARSITY_THRESHOLD = 1e-8
+
+Progress = Callable[[int, int], None]  # (elements done, elements total)
+
+
+def uses_table(dtype: DType) -> bool:
+    return dtype.decodable and dtype.bits <= 16 and dtype.kind != "complex"
+
+
+# -- pattern counting (<= 16-bit dtypes) ------------------------------------------------------
+
+
+def count_patterns(chunks: Iterable[np.ndarray], nbins: int, total: int, progress: Progress | None) -> np.ndarray:
+    counts = np.zeros(nbins, dtype=np.int64)
+    done = 0
+    for pats in chunks:
+        counts += np.bincount(pats, minlength=nbins)
+        done += pats.size
+        if progress:
+            progress(done, total)
+    return counts
+
+
+@dataclass
+class PatternCounts:
+    """Exact distribution of a <= 16-bit tensor: how many elements hold each bit pattern."""
+
+    dtype: DType
+    counts: np.ndarray
+
+    def describe(self, threshold: float, percentiles: Iterable[float]) -> dict:
+        values = value_table(self.dtype)[: len(self.counts)]
+        c = self.counts
+        numel = int(c.sum())
+        nan = np.isnan(values)
+        posinf, neginf = values == np.inf, values == -np.inf
+        present = c > 0
+        fin = present & ~nan & ~posinf & ~neginf
+        cf = c[fin]
+        vf = values[fin]
+        n = int(cf.sum())
+        out = _base(self.dtype, numel, threshold)
+        out["nan_count"] = int(c[nan].sum())
+        out["posinf_count"] = int(c[posinf].sum())
+        out["neginf_count"] = int(c[neginf].sum())
+        out["inf_count"] = out["posinf_count"] + out["neginf_count"]
+        out["finite_count"] = n
+        out["sparse_count"] = int(c[present & (np.abs(values) <= threshold)].sum())
+        out["distinct_values"] = int(np.count_nonzero(fin))
+        if n:
+            mean = float(np.dot(cf, vf) / n)
+            m2 = float(np.dot(cf, (vf - mean) ** 2))
+            _fill_moments(out, n, mean, m2, float(vf.min()), float(vf.max()), float(np.dot(cf, vf * vf)))
+            order = np.argsort(vf, kind="stable")
+            out["percentiles"] = _percentiles_from_sorted(vf[order], np.cumsum(cf[order]), percentiles)
+        _finish(out)
+        return out
+
+    def histogram(self, bins: int, lo: float | None, hi: float | None, log: bool = False) -> dict:
+        values = value_table(self.dtype)[: len(self.counts)]
+        sel = (self.counts > 0) & np.isfinite(values)
+        return _histogram_from_weighted(values[sel], self.counts[sel], bins, lo, hi, log)
+
+
+# -- streaming moments (32/64-bit dtypes) --------------------------------------------------
+
+
+def _order_key16(x: np.ndarray) -> np.ndarray:
+    """Top 16 bits of a key that orders like the values (floats: sign-magnitude flipped)."""
+    kind, width = x.dtype.kind, x.dtype.itemsize * 8
+    bits = x.view(f"<u{x.dtype.itemsize}")
+    shift = width - 16
+    if kind == "f":
+        sign = bits >> (width - 1)
+        flipped = np.where(sign.astype(bool), ~bits, bits | (np.array(1, bits.dtype) << (width - 1)))
+        return (flipped >> shift).astype(np.uint16)
+    if kind == "i":
+        return ((bits >> shift).astype(np.uint16) ^ np.uint16(0x8000))
+    return (bits >> shift).astype(np.uint16)
+
+
+@dataclass
+class _Moments:
+    threshold: float
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    sumsq: float = 0.0
+    lo: float = math.inf
+    hi: float = -math.inf
+    numel: int = 0
+    nan: int = 0
+    posinf: int = 0
+    neginf: int = 0
+    sparse: int = 0
+    keys: np.ndarray = field(default_factory=lambda: np.zeros(1 << 16, dtype=np.int64))
+
+    def add(self, x: np.ndarray) -> None:
+        self.numel += x.size
+        if x.dtype.kind == "f":
+            s = float(np.add.reduce(x, dtype=np.float64))
+            if not math.isfinite(s):
+                fin = np.isfinite(x)
+                nfin = x.size - int(np.count_nonzero(fin))
+                if nfin:
+                    nan = int(np.count_nonzero(np.isnan(x)))
+                    self.nan += nan
+                    pos = int(np.count_nonzero(x == np.inf))
+                    self.posinf += pos
+                    self.neginf += nfin - nan - pos
+                    x = x[fin]
+        if not x.size:
+            return
+        t = self.threshold
+        self.sparse += int(np.count_nonzero((x >= -t) & (x <= t)))
+        self.keys += np.bincount(_order_key16(x), minlength=1 << 16)
+        x64 = x.astype(np.float64)
+        lo, hi = float(x64.min()), float(x64.max())
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        n_b = x64.size
+        mean_b = float(x64.sum() / n_b)
+        d = x64 - mean_b
+        m2_b = float(np.dot(d, d))
+        self.sumsq += float(np.dot(x64, x64))
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        self.n = n
+
+
+def _stream_moments(chunks: Iterable[np.ndarray], threshold: float, total: int, progress: Progress | None) -> _Moments:
+    m = _Moments(threshold)
+    done = 0
+    for x in chunks:
+        m.add(x)
+        done += x.size
+        if progress:
+            progress(done, total)
+    return m
+
+
+def _exact_percentiles(
+    chunks: Callable[[], Iterator[np.ndarray]], keys: np.ndarray, n: int, percentiles: Iterable[float]
+) -> dict[str, float]:
+    """Exact order statistics: find each rank's coarse bin from key counts, then read its values."""
+    pcts = list(percentiles)
+    cum = np.cumsum(keys)
+    ranks: set[int] = set()
+    for p in pcts:
+        h = (n - 1) * p / 100.0
+        ranks.update({math.floor(h), min(math.floor(h) + 1, n - 1)})
+    rank_list = sorted(ranks)
+    bins = np.searchsorted(cum, np.array(rank_list), side="right")
+    wanted = np.unique(bins).astype(np.uint16)
+    collected: dict[int, list[np.ndarray]] = {int(b): [] for b in wanted}
+    for x in chunks():
+        if x.dtype.kind == "f":
+            x = x[np.isfinite(x)]
+        k = _order_key16(x)
+        mask = np.isin(k, wanted, kind="table")
+        hits, hk = x[mask], k[mask]
+        for b in wanted:
+            collected[int(b)].append(hits[hk == b])
+    value_at: dict[int, float] = {}
+    for r, b in zip(rank_list, bins):
+        before = int(cum[b - 1]) if b > 0 else 0
+        vals = np.sort(np.concatenate(collected[int(b)]).astype(np.float64))
+        value_at[r] = float(vals[r - before])
+    out = {}
+    for p in pcts:
+        h = (n - 1) * p / 100.0
+        lo = math.floor(h)
+        hi = min(lo + 1, n - 1)
+        out[_pkey(p)] = value_at[lo] + (h - lo) * (value_at[hi] - value_at[lo])
+    return out
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+
+
+def _pkey(p: float) -> str:
+    return f"p{p:g}"
+
+
+def _base(dtype: DType, numel: int, threshold: float) -> dict:
+    return {
+        "dtype": dtype.name,
+        "of": "magnitude" if dtype.kind == "complex" else "value",
+        "numel": numel,
+        "sparsity_threshold": threshold,
+        "min": None, "max": None, "mean": None, "std": None, "var": None,
+        "abs_max": None, "l2_norm": None, "percentiles": {},
+    }
+
+
+def _fill_moments(out: dict, n: int, mean: float, m2: float, lo: float, hi: float, sumsq: float) -> None:
+    var = m2 / n
+    out.update(
+        min=lo, max=hi, mean=mean, var=var, std=math.sqrt(var),
+        abs_max=max(abs(lo), abs(hi)), l2_norm=math.sqrt(sumsq),
+    )
+
+
+def _finish(out: dict) -> None:
+    numel = out["numel"]
+    out["sparsity"] = out["sparse_count"] / numel if numel else 0.0
+
+
+def _percentiles_from_sorted(vals: np.ndarray, cum: np.ndarray, percentiles: Iterable[float]) -> dict[str, float]:
+    """numpy 'linear' percentiles over a distribution given as sorted values with cumulative counts."""
+    n = int(cum[-1])
+    out = {}
+    for p in percentiles:
+        h = (n - 1) * p / 100.0
+        lo = math.floor(h)
+        hi = min(lo + 1, n - 1)
+        v_lo = float(vals[np.searchsorted(cum, lo, side="right")])
+        v_hi = float(vals[np.searchsorted(cum, hi, side="right")])
+        out[_pkey(p)] = v_lo + (h - lo) * (v_hi - v_lo)
+    return out
+
+
+def _histogram_from_weighted(values: np.ndarray, weights: np.ndarray, bins: int, lo, hi, log: bool) -> dict:
+    _check_bins(bins)
+    if values.size == 0:
+        return {"edges": [], "counts": [], "log": log, "total": 0}
+    if log:
+        values = np.abs(values)
+        pos = values > 0
+        zeros = int(weights[~pos].sum())
+        values, weights = values[pos], weights[pos]
+        if values.size == 0:
+            return {"edges": [], "counts": [], "log": True, "total": zeros, "zero_count": zeros}
+        lo = math.log10(lo) if lo and lo > 0 else float(np.log10(values.min()))
+        hi = math.log10(hi) if hi and hi > 0 else float(np.log10(values.max()))
+        values = np.log10(values)
+    else:
+        lo = float(values.min()) if lo is None else float(lo)
+        hi = float(values.max()) if hi is None else float(hi)
+    if hi <= lo:
+        hi = lo + (abs(lo) * 1e-6 or 1e-12)
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi), weights=weights)
+    res = {
+        "edges": (10**edges).tolist() if log else edges.tolist(),
+        "counts": counts.astype(np.int64).tolist(),
+        "log": log,
+        "total": int(weights.sum()),
+    }
+    if log:
+        res["zero_count"] = zeros
+    return res
+
+
+def _check_bins(bins: int) -> None:
+    if not 1 <= bins <= 4096:
+        raise InvalidRequest(f"bins must be between 1 and 4096, got {bins}", field="bins")
+
+
+def _values_chunks(reader: TensorReader, chunk: int) -> Iterator[np.ndarray]:
+    for pats in reader.iter_chunks(chunk):
+        v = reader.decode(pats)
+        yield np.abs(v) if v.dtype.kind == "c" else v
+
+
+# -- public API -------------------------------------------------------------------------------
+
+
+def tensor_stats(
+    reader: TensorReader,
+    *,
+    threshold: float = SPARSITY_THRESHOLD,
+    percentiles: Iterable[float] = DEFAULT_PERCENTILES,
+    progress: Progress | None = None,
+    chunk_elems: int = CHUNK_ELEMS,
+) -> tuple[dict, PatternCounts | None]:
+    """Full statistics of a whole tensor; also the pattern counts when the dtype allows them."""
+    dt = reader.dtype
+    if not dt.decodable:
+        raise dt.undecodable()
+    percentiles = _check_percentiles(percentiles)
+    if uses_table(dt):
+        nbins = 16 if dt.name == "F4" else 1 << dt.bits
+        counts = count_patterns(reader.iter_chunks(chunk_elems), nbins, reader.numel, progress)
+        pc = PatternCounts(dt, counts)
+        return pc.describe(threshold, percentiles), pc
+    m = _stream_moments(_values_chunks(reader, chunk_elems), threshold, reader.numel, progress)
+    return _describe_moments(dt, m, threshold, percentiles, lambda: _values_chunks(reader, chunk_elems)), None
+
+
+def array_stats(
+    values: np.ndarray,
+    dtype: DType,
+    *,
+    threshold: float = SPARSITY_THRESHOLD,
+    percentiles: Iterable[float] = DEFAULT_PERCENTILES,
+    patterns: np.ndarray | None = None,
+) -> dict:
+    """The same statistics for values already in memory (a slice)."""
+    percentiles = _check_percentiles(percentiles)
+    if uses_table(dt := dtype) and patterns is not None:
+        nbins = 16 if dt.name == "F4" else 1 << dt.bits
+        counts = np.bincount(patterns.ravel(), minlength=nbins)
+        return PatternCounts(dt, counts).describe(threshold, percentiles)
+    v = values.ravel()
+    v = np.abs(v) if v.dtype.kind == "c" else v
+    if v.dtype.itemsize < 4 or v.dtype.kind == "b":
+        v = v.astype(np.float32)
+    m = _Moments(threshold)
+    m.add(v)
+    return _describe_moments(dt, m, threshold, percentiles, lambda: iter([v]))
+
+
+def _describe_moments(dt: DType, m: _Moments, threshold: float, percentiles, rechunk) -> dict:
+    out = _base(dt, m.numel, threshold)
+    out.update(
+        nan_count=m.nan, posinf_count=m.posinf, neginf_count=m.neginf,
+        inf_count=m.posinf + m.neginf, finite_count=m.n, sparse_count=m.sparse,
+    )
+    if m.n:
+        _fill_moments(out, m.n, m.mean, m.m2, m.lo, m.hi, m.sumsq)
+        out["percentiles"] = _exact_percentiles(rechunk, m.keys, m.n, percentiles)
+    _finish(out)
+    return out
+
+
+def _check_percentiles(percentiles: Iterable[float]) -> tuple[float, ...]:
+    ps = tuple(float(p) for p in percentiles)
+    if not ps or len(ps) > 64 or not all(0.0 <= p <= 100.0 for p in ps):
+        raise InvalidRequest("percentiles must be 1 to 64 numbers between 0 and 100", field="percentiles")
+    return ps
+
+
+def tensor_histogram(
+    reader: TensorReader,
+    *,
+    bins: int = 64,
+    lo: float | None = None,
+    hi: float | None = None,
+    log: bool = False,
+    counts: PatternCounts | None = None,
+    value_range: tuple[float, float] | None = None,
+    chunk_elems: int = CHUNK_ELEMS,
+) -> dict:
+    """Histogram of a whole tensor: exact from pattern counts, else one streaming pass."""
+    _check_bins(bins)
+    if counts is not None:
+        return counts.histogram(bins, lo, hi, log)
+    if not reader.dtype.decodable:
+        raise reader.dtype.undecodable()
+    if log:
+        lo_, hi_ = None, None
+    else:
+        lo_ = lo if lo is not None else (value_range[0] if value_range else None)
+        hi_ = hi if hi is not None else (value_range[1] if value_range else None)
+    if (lo_ is None or hi_ is None) or log:
+        # find the range (or the positive magnitude range for log) first
+        mn, mx, any_ = math.inf, -math.inf, False
+        for v in _values_chunks(reader, chunk_elems):
+            v = v[np.isfinite(v)] if v.dtype.kind == "f" else v
+            if log:
+                v = np.abs(v)
+                v = v[v > 0]
+            if v.size:
+                any_ = True
+                mn, mx = min(mn, float(v.min())), max(mx, float(v.max()))
+        if not any_:
+            return {"edges": [], "counts": [], "log": log, "total": 0}
+        if log:
+            lo_, hi_ = (lo if lo and lo > 0 else mn), (hi if hi and hi > 0 else mx)
+        else:
+            lo_, hi_ = (mn if lo_ is None else lo_), (mx if hi_ is None else hi_)
+    if hi_ <= lo_:
+        hi_ = lo_ + (abs(lo_) * 1e-6 or 1e-12)
+    if log:
+        edges = np.logspace(math.log10(lo_), math.log10(hi_), bins + 1)
+    else:
+        edges = np.linspace(lo_, hi_, bins + 1)
+    total = np.zeros(bins, dtype=np.int64)
+    zeros = 0
+    for v in _values_chunks(reader, chunk_elems):
+        v = v[np.isfinite(v)] if v.dtype.kind == "f" else v
+        if log:
+            v = np.abs(v)
+            zeros += int(np.count_nonzero(v == 0))
+            v = v[v > 0]
+        total += np.histogram(v, bins=edges)[0]
+    res = {"edges": edges.tolist(), "counts": total.tolist(), "log": log, "total": int(total.sum()) + zeros}
+    if log:
+        res["zero_count"] = zeros
+    return res
+
+
+def values_histogram(values: np.ndarray, *, bins: int = 64, lo=None, hi=None, log: bool = False) -> dict:
+    v = values.ravel()
+    v = np.abs(v) if v.dtype.kind == "c" else v
+    v = v.astype(np.float64)
+    v = v[np.isfinite(v)]
+    return _histogram_from_weighted(v, np.ones(v.size, dtype=np.int64), bins, lo, hi, log)
+
+
+# -- numerical rank ---------------------------------------------------------------------------
+
+RANK_EXACT_MAX_ELEMENTS = 1 << 25  # 32M: a 49152 x 576 embedding is exact; a 2 GB one is not
+
+
+def tensor_rank(
+    reader: TensorReader,
+    *,
+    method: str = "auto",
+    k: int = 256,
+    rtol: float | None = None,
+    seed: int = 0,
+    oversample: int = 10,
+    power_iters: int = 4,
+) -> dict:
+    """Numerical rank of a 2-D tensor from its singular values.
+
+    `exact` runs a full SVD (float64 for small matrices, float32 otherwise); `randomized`
+    estimates the top `k` singular values (Halko et al., with power iterations), enough to bound
+    the rank by `k`. The tolerance is numpy's: sigma_max * max(M, N) * eps(float32) unless
+    `rtol` is given (then sigma_max * rtol).
+    """
+    name = reader.ref.name
+    if len(reader.shape) != 2:
+        raise InvalidRequest(
+            f"rank needs a 2-D tensor; {name!r} has shape {list(reader.shape)}", tensor=name
+        )
+    if not reader.dtype.decodable:
+        raise reader.dtype.undecodable()
+    m, n = reader.shape
+    if m == 0 or n == 0:
+        return {"tensor_name": name, "rank": 0, "singular_values": [], "method": "exact"}
+    if method == "auto":
+        method = "exact" if m * n <= RANK_EXACT_MAX_ELEMENTS else "randomized"
+    if method not in ("exact", "randomized"):
+        raise InvalidRequest("method must be auto, exact or randomized", field="method")
+    x = reader.decode(reader.read_patterns((slice(0, m), slice(0, n))))
+    x = np.abs(x) if x.dtype.kind == "c" else x
+    x = x.astype(np.float64 if m * n <= 1 << 22 else np.float32)
+    if not np.isfinite(x).all():
+        raise InvalidRequest(f"{name!r} holds NaN or Inf values: its rank is undefined", tensor=name)
+    kk = min(k, m, n)
+    if method == "exact":
+        s = np.linalg.svd(x, compute_uv=False)
+    else:
+        s = _randomized_singular_values(x, kk, oversample, power_iters, seed)
+    s = s.astype(np.float64)
+    smax = float(s[0]) if s.size else 0.0
+    tol = smax * (rtol if rtol is not None else max(m, n) * float(np.finfo(np.float32).eps))
+    rank = int(np.count_nonzero(s > tol))
+    p = s / s.sum() if s.sum() > 0 else s
+    p = p[p > 0]
+    fro2 = float(np.sum(x.astype(np.float64) ** 2))
+    return {
+        "tensor_name": name,
+        "shape": [m, n],
+        "method": method,
+        "rank": rank,
+        "rank_is_lower_bound": method == "randomized" and rank == s.size and s.size < min(m, n),
+        "max_rank": min(m, n),
+        "tolerance": tol,
+        "singular_values": s[:512].tolist(),
+        "singular_values_computed": int(s.size),
+        "stable_rank": fro2 / (smax * smax) if smax else 0.0,
+        "effective_rank": float(np.exp(-np.sum(p * np.log(p)))) if p.size else 0.0,
+    }
+
+
+def _randomized_singular_values(x: np.ndarray, k: int, oversample: int, power_iters: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    m, n = x.shape
+    ell = min(k + oversample, m, n)
+    q = x @ rng.standard_normal((n, ell)).astype(x.dtype)
+    q, _ = np.linalg.qr(q)
+    for _ in range(power_iters):
+        z, _ = np.linalg.qr(x.T @ q)
+        q, _ = np.linalg.qr(x @ z)
+    b = q.T @ x
+    return np.linalg.svd(b, compute_uv=False)[:k]
