@@ -32,8 +32,10 @@ def unit_of(dtype: DType) -> tuple[int, int]:
 
 
 class TensorReader:
-    def __init__(self, ref: TensorRef, runs: Sequence[Run] = ()) -> None:
+    def __init__(self, ref: TensorRef, runs: Sequence[Run] = (), cache_token=None) -> None:
         self.ref = ref
+        # names the overlay for caches: whoever supplies runs supplies a token that changes with them
+        self.cache_token = cache_token if runs else None
         self.dtype = ref.dtype
         self.shape = ref.shape
         self.numel = ref.numel

@@ -1,0 +1,256 @@
+"""The `tensor-surgery` command: the same verbs as the API.
+
+Exit status: 0 ok, 1 the operation failed, 2 bad input (click's usage errors are 2 as well).
+Every verb takes `--json` for machine-readable output; errors then print `{"error": {...}}`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import SurgeryError, TensorNotFound
+from .settings import Settings
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+def emit(obj, as_json: bool, text: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, default=str))
+    elif text is not None:
+        click.echo(text)
+
+
+def handles_errors(fn):
+    """Turn SurgeryError into one readable line (or JSON) and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        as_json = kwargs.get("as_json", False)
+        try:
+            return fn(*args, **kwargs)
+        except SurgeryError as e:
+            if as_json:
+                click.echo(json.dumps({"error": e.to_dict()}, default=str))
+            else:
+                click.echo(f"error: {e.message}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def progress_bar(total: int, desc: str, unit: str = "B"):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024,
+                file=sys.stderr, disable=None, leave=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tensor-surgery")
+def main() -> None:
+    """Look inside .safetensors model weights and change them on purpose."""
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+def serve_app(app) -> None:
+    import uvicorn
+
+    settings: Settings = app.state.settings
+    token = app.state.token
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}/"
+    if token and not settings.is_loopback:
+        click.echo(f"Tensor Surgery on {url}?token={token}  (bound beyond loopback: the token is required)")
+    else:
+        click.echo(f"Tensor Surgery on {url}")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(path_type=Path))
+@click.option("--host", help="Address to listen on (default HOST, 127.0.0.1).")
+@click.option("--port", type=int, help="Port (default PORT, 8000).")
+@click.option("--show-settings", is_flag=True, help="Print every setting (secrets redacted) and exit.")
+@handles_errors
+def serve(model: Path | None, host: str | None, port: int | None, show_settings: bool) -> None:
+    """Serve the web app for MODEL (default MODEL_PATH, the SmolLM2 demo model)."""
+    overrides = {k: v for k, v in {"model_path": model, "host": host, "port": port}.items() if v is not None}
+    settings = Settings(**overrides)
+    if show_settings:
+        for name, item in settings.describe().items():
+            click.echo(f"{name}={item['value']}\n    {item['help']}")
+        return
+    from .web.app import create_app
+
+    serve_app(create_app(settings))
+
+
+# -- ls / stats -------------------------------------------------------------------------------
+
+
+def _open(path: Path):
+    from .store import open_model
+
+    return open_model(path)
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--match", "pattern", help="Only tensors whose name matches this regular expression.")
+@json_option
+@handles_errors
+def ls(model: Path, pattern: str | None, as_json: bool) -> None:
+    """List the tensors of MODEL with their layout metadata."""
+    from .workspace import tensor_entries
+
+    with _open(model) as m:
+        entries = tensor_entries(m)
+        if pattern:
+            rx = _regex(pattern)
+            entries = [e for e in entries if rx.search(e["name"])]
+        if as_json:
+            emit({"model": m.summary(), "tensors": entries}, True)
+            return
+        s = m.summary()
+        click.echo(
+            f"{s['name']}: {s['tensor_count']} tensors, {human_bytes(s['total_bytes'])}, "
+            f"{s['shards']} file(s), dtypes {', '.join(f'{k}×{v}' for k, v in s['dtypes'].items())}"
+        )
+        for w in s["warnings"]:
+            click.echo(f"warning: {w}", err=True)
+        width = max((len(e["name"]) for e in entries), default=4)
+        for e in entries:
+            meta = e["metadata_for_canvas"]
+            click.echo(
+                f"{e['name']:<{width}}  {e['dtype']:<11} {str(tuple(e['shape'])):<20} "
+                f"{human_bytes(e['nbytes']):>10}  layer {meta['layer_index']:>3}  {meta['type_group']}"
+            )
+
+
+def _regex(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise SurgeryError(f"--match {pattern!r} is not a valid regular expression: {e}", field="match") from None
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6g}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("tensors", nargs=-1)
+@click.option("--match", "pattern", help="Only tensors whose name matches this regular expression.")
+@click.option("--threshold", type=float, default=1e-8, show_default=True, help="|x| <= threshold counts as zero.")
+@json_option
+@handles_errors
+def stats(model: Path, tensors: tuple[str, ...], pattern: str | None, threshold: float, as_json: bool) -> None:
+    """Streaming statistics of TENSORS of MODEL (all of them by default), with a progress bar."""
+    from .store import TensorReader
+    from .store import stats as st
+
+    with _open(model) as m:
+        names = list(tensors) or list(m.tensors)
+        for n in names:
+            m.tensor(n)  # unknown names fail before any work
+        if pattern:
+            rx = _regex(pattern)
+            names = [n for n in names if rx.search(n)]
+        total = sum(m.tensors[n].nbytes for n in names)
+        results = {}
+        skipped = {}
+        with progress_bar(total, "stats") as bar:
+            for n in names:
+                ref = m.tensor(n)
+                if not ref.dtype.decodable:
+                    skipped[n] = ref.dtype.undecodable().message
+                    bar.update(ref.nbytes)
+                    continue
+                done = [0]
+                isz = ref.nbytes / max(ref.numel, 1)
+
+                def tick(elems: int, _total: int, done=done, isz=isz) -> None:
+                    step = int(elems * isz) - done[0]
+                    done[0] += step
+                    bar.update(step)
+
+                results[n], _ = st.tensor_stats(TensorReader(ref), threshold=threshold, progress=tick)
+                bar.update(ref.nbytes - done[0])
+        if as_json:
+            emit({"model": m.summary()["name"], "stats": results, "skipped": skipped}, True)
+            return
+        width = max((len(n) for n in names), default=4)
+        click.echo(f"{'tensor':<{width}}  {'mean':>11} {'std':>11} {'min':>11} {'max':>11} {'sparsity':>9} {'nan':>5} {'inf':>5}")
+        for n, s in results.items():
+            click.echo(
+                f"{n:<{width}}  {_fmt(s['mean']):>11} {_fmt(s['std']):>11} {_fmt(s['min']):>11} "
+                f"{_fmt(s['max']):>11} {s['sparsity']:>9.3%} {s['nan_count']:>5} {s['inf_count']:>5}"
+            )
+        for n, why in skipped.items():
+            click.echo(f"{n}: skipped: {why}", err=True)
+
+
+# -- demo models --------------------------------------------------------------------------------
+
+
+@main.command("demo-models")
+@click.option("--force", is_flag=True, help="Rebuild even if the models are already there.")
+@json_option
+@handles_errors
+def demo_models(force: bool, as_json: bool) -> None:
+    """Build the real demo models (SmolLM2-135M-Instruct BF16, all-MiniLM-L6-v2) into DATA_DIR/models."""
+    try:
+        from .live.demo_models import build_demo_models
+    except ImportError as e:
+        raise SurgeryError(
+            f"building demo models needs the live extra (torch, transformers, gguf): {e}. "
+            "Run `make run`, or pip install torch==2.13.0 then -e '.[live]'"
+        ) from None
+    settings = Settings()
+    bar = progress_bar(100, "demo models", unit="%")
+    last = [0]
+
+    def progress(message: str, fraction: float) -> None:
+        bar.set_description(message[:40])
+        now = int(fraction * 100)
+        bar.update(max(0, now - last[0]))
+        last[0] = max(last[0], now)
+
+    with bar:
+        built = build_demo_models(settings.models_dir, force=force, progress=progress)
+    emit({k: str(v) for k, v in built.items()}, as_json,
+         "\n".join(f"{k}: {v}" for k, v in built.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The FastAPI application: one place that lists every router, the middleware, the lifespan."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..settings import Settings
+from ..workspace import Workspace
+from . import routes_model, routes_pages, routes_tensors
+from .errors import install_error_handlers
+from .security import SecurityMiddleware
+
+ROUTERS = [
+    routes_pages.router,
+    routes_model.router,
+    routes_tensors.router,
+]
+
+DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.
+
+Errors are JSON `{"error": {"code", "message", ...context}}` with a 4xx status; a 5xx is a bug.
+Only loopback Hosts are served on a loopback bind; state-changing requests and WebSockets must
+come from this server's own origin."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    if not settings.is_loopback and not token:
+        token = secrets.token_urlsafe(24)
+    workspace = Workspace(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        workspace.open_default()
+        yield
+        workspace.close()
+
+    app = FastAPI(title="Tensor Surgery", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.workspace = workspace
+    app.state.token = token
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=routes_pages.STATIC_DIR), name="static")
+    app.add_middleware(GZipMiddleware, minimum_size=8192)
+    # added last, so it runs first: nothing is answered before Host/Origin/token checks
+    app.add_middleware(SecurityMiddleware, loopback_only=settings.is_loopback, token=token)
+    return app

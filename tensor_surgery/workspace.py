@@ -1,0 +1,233 @@
+"""The session's state shared by the web app and the CLI: open models, allowed roots, caches.
+
+Several models can be open at once (diff and transplant need two); one of them is current, the
+one the UI shows. Staged edits are not known here: the surgery journal registers an
+`OverlayProvider` that returns a tensor's staged byte runs, and readers made with
+`view="staged"` see them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidRequest, ModelNotFound, PathNotAllowed, SurgeryError
+from .settings import Settings
+from .store import Model, TensorReader, open_model
+from .store import stats as st
+from .store.reader import Run
+
+OverlayProvider = Callable[[Model, str], "tuple[list[Run], Hashable]"]
+VIEWS = ("base", "staged")
+
+
+class AllowedRoots:
+    """The only folders the server may open or write on a request's behalf."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = [Path(os.path.realpath(r)) for r in roots]
+
+    def check(self, path: str | os.PathLike, what: str = "path") -> Path:
+        """The real path of `path` if it lies inside an allowed root; else PathNotAllowed."""
+        real = Path(os.path.realpath(os.fspath(path)))
+        for root in self.roots:
+            if real == root or real.is_relative_to(root):
+                return real
+        raise PathNotAllowed(
+            f"{what} {os.fspath(path)!r} is outside the allowed folders "
+            f"({', '.join(map(str, self.roots))}); add its folder to ALLOWED_ROOTS to use it",
+            path=os.fspath(path),
+        )
+
+    def __contains__(self, path: str | os.PathLike) -> bool:
+        try:
+            self.check(path)
+        except PathNotAllowed:
+            return False
+        return True
+
+
+class LRUCache:
+    """A thread-safe LRU bounded by the estimated size of its values, in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._inflight: dict[Hashable, threading.Lock] = {}
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any], size: Callable[[Any], int]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][0]
+            gate = self._inflight.setdefault(key, threading.Lock())
+        with gate:  # one computation per key; concurrent askers wait for it
+            with self._lock:
+                if key in self._items:
+                    return self._items[key][0]
+            value = compute()
+            n = size(value)
+            with self._lock:
+                self._inflight.pop(key, None)
+                if n <= self.max_bytes:
+                    self._items[key] = (value, n)
+                    self._bytes += n
+                    while self._bytes > self.max_bytes:
+                        _, (_, old) = self._items.popitem(last=False)
+                        self._bytes -= old
+            return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+def _stats_size(value) -> int:
+    _, counts = value
+    return 4096 + (counts.counts.nbytes if counts is not None else 0)
+
+
+class Workspace:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.roots = AllowedRoots(settings.resolved_allowed_roots)
+        self.models: dict[str, Model] = {}
+        self.current: Model | None = None
+        self.open_error: SurgeryError | None = None
+        self.overlay_provider: OverlayProvider | None = None
+        self.cache = LRUCache(settings.stats_cache_mb << 20)
+        self._listings: dict[str, bytes] = {}
+        self._lock = threading.RLock()
+
+    # -- models --------------------------------------------------------------------------------
+
+    def open(self, path: str | os.PathLike, *, make_current: bool = True, guarded: bool = True) -> Model:
+        """Open (or reuse) a model. `guarded` checks every file against ALLOWED_ROOTS."""
+        guard = (lambda p: self.roots.check(p, "model file")) if guarded else None
+        if guarded:
+            self.roots.check(path, "model path")
+        with self._lock:
+            key = os.path.realpath(os.fspath(path))
+            model = self.models.get(key)
+            if model is None:
+                model = open_model(path, guard=guard)
+                self.models[key] = model
+                self.models[os.path.realpath(model.path)] = model
+            if make_current:
+                self.current = model
+                self.open_error = None
+            return model
+
+    def open_default(self) -> None:
+        """Open MODEL_PATH at start; a failure is kept and shown, the server still starts."""
+        try:
+            self.open(self.settings.resolved_model_path, guarded=False)
+        except SurgeryError as e:
+            self.open_error = e
+
+    def model(self) -> Model:
+        if self.current is None:
+            detail = f" ({self.open_error.message})" if self.open_error else ""
+            raise ModelNotFound(
+                f"no model is open{detail}: open one with POST /api/model or set MODEL_PATH"
+            )
+        return self.current
+
+    def close(self) -> None:
+        with self._lock:
+            for model in {id(m): m for m in self.models.values()}.values():
+                model.close()
+            self.models.clear()
+            self.current = None
+            self.cache.clear()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def reader(self, name: str, view: str = "base", model: Model | None = None) -> TensorReader:
+        if view not in VIEWS:
+            raise InvalidRequest(f"view must be one of {', '.join(VIEWS)}, got {view!r}", field="view")
+        model = model or self.model()
+        ref = model.tensor(name)
+        if view == "staged" and self.overlay_provider is not None:
+            runs, token = self.overlay_provider(model, name)
+            if runs:
+                return TensorReader(ref, runs, cache_token=token)
+        return TensorReader(ref)
+
+    def _stats_key(self, reader: TensorReader, threshold: float, percentiles: tuple) -> tuple:
+        ref = reader.ref
+        return ("stats", ref.file.path, ref.file.identity, ref.name, reader.cache_token, threshold, percentiles)
+
+    def stats_and_counts(
+        self,
+        reader: TensorReader,
+        threshold: float | None = None,
+        percentiles: tuple[float, ...] = st.DEFAULT_PERCENTILES,
+        progress: st.Progress | None = None,
+    ):
+        threshold = self.settings.sparsity_threshold if threshold is None else threshold
+        key = self._stats_key(reader, threshold, tuple(percentiles))
+        return self.cache.get_or_compute(
+            key,
+            lambda: st.tensor_stats(reader, threshold=threshold, percentiles=percentiles, progress=progress),
+            _stats_size,
+        )
+
+    def tensor_stats(self, reader: TensorReader, **kw) -> dict:
+        stats, _ = self.stats_and_counts(reader, **kw)
+        return {"tensor_name": reader.ref.name, "view": "staged" if reader.staged else "base", **stats}
+
+    def tensor_histogram(self, reader: TensorReader, *, bins: int, lo, hi, log: bool) -> dict:
+        stats, counts = self.stats_and_counts(reader)
+        if counts is None:
+            key = ("hist", *self._stats_key(reader, 0.0, ())[1:5], bins, lo, hi, log)
+            value_range = (stats["min"], stats["max"]) if stats["min"] is not None else None
+            hist = self.cache.get_or_compute(
+                key,
+                lambda: st.tensor_histogram(reader, bins=bins, lo=lo, hi=hi, log=log, value_range=value_range),
+                lambda h: 64 * (len(h["counts"]) + 16),
+            )
+        else:
+            hist = counts.histogram(bins, lo, hi, log)
+        return {"tensor_name": reader.ref.name, "view": "staged" if reader.staged else "base", "bins": bins, **hist}
+
+    # -- listing -------------------------------------------------------------------------------
+
+    def tensor_listing_json(self, model: Model | None = None) -> bytes:
+        """`GET /api/tensors` as JSON bytes, built once per opened model."""
+        model = model or self.model()
+        key = model.path
+        data = self._listings.get(key)
+        if data is None:
+            data = json.dumps(tensor_entries(model), separators=(",", ":")).encode()
+            self._listings[key] = data
+        return data
+
+
+def tensor_entries(model: Model) -> list[dict]:
+    """Every tensor with its layout metadata, in canvas order (layer-major, type-minor)."""
+    from .store.layout import infer_layout
+
+    refs = list(model.tensors.values())
+    layout = infer_layout([r.name for r in refs], [r.shape for r in refs])
+    entries = [
+        {
+            "name": r.name,
+            "shape": list(r.shape),
+            "dtype": r.dtype.name,
+            "numel": r.numel,
+            "nbytes": r.nbytes,
+            "metadata_for_canvas": layout[r.name].to_dict(),
+        }
+        for r in refs
+    ]
+    entries.sort(key=lambda e: (e["metadata_for_canvas"]["canvas_y"], e["metadata_for_canvas"]["canvas_x"]))
+    return entries

@@ -1,0 +1,80 @@
+"""The command line: fixed verbs, --json, exit codes 0/1/2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors import safe_open
+
+from tensor_surgery.cli import main
+
+
+@pytest.fixture
+def run():
+    runner = CliRunner()
+
+    def _run(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return _run
+
+
+def test_ls_json_matches_file(run, tiny_model):
+    r = run("ls", tiny_model, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    with safe_open(str(tiny_model), "np") as f:
+        keys = set(f.keys())
+    assert {t["name"] for t in out["tensors"]} == keys
+    assert out["model"]["tensor_count"] == len(keys)
+    assert all("metadata_for_canvas" in t for t in out["tensors"])
+
+
+def test_ls_text_and_match(run, tiny_model):
+    r = run("ls", tiny_model, "--match", r"layers\.1\..*proj")
+    assert r.exit_code == 0
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 + 7 and all("layers.1." in line for line in lines[1:])
+    assert run("ls", tiny_model, "--match", "(").exit_code == 2
+
+
+def test_stats_json_matches_numpy(run, tiny_model):
+    name = "model.layers.0.self_attn.q_proj.weight"
+    r = run("stats", tiny_model, name, "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)["stats"][name]
+    with safe_open(str(tiny_model), "pt") as f:
+        ref = f.get_tensor(name).double().numpy()
+    assert s["mean"] == pytest.approx(ref.mean(), rel=1e-12)
+    assert s["max"] == ref.max() and s["numel"] == ref.size
+
+
+def test_stats_all_tensors_text(run, tiny_model):
+    r = run("stats", tiny_model)
+    assert r.exit_code == 0
+    assert "model.embed_tokens.weight" in r.output and "sparsity" in r.output
+
+
+def test_bad_input_exits_2_with_one_line(run, tmp_path, tiny_model):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    for args in (("ls", bad), ("stats", bad), ("ls", tmp_path / "missing"), ("stats", tiny_model, "no.such.tensor")):
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.output)
+    r = run("ls", bad, "--json")
+    err = json.loads(r.output)["error"]
+    assert err["code"] == "invalid_model_file" and err["file"] == str(bad)
+
+
+def test_real_process_exit_code_and_message(tmp_path):
+    bad = tmp_path / "trunc.safetensors"
+    bad.write_bytes(b"\xff" * 8)
+    p = subprocess.run([sys.executable, "-m", "tensor_surgery.cli", "ls", str(bad)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0] and "header length" in lines[0]

@@ -1,0 +1,156 @@
+"""The read API against the safetensors library's own loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from .conftest import assert_error, write_tiny_llama
+
+
+def oracle(path, name) -> np.ndarray:
+    with safe_open(str(path), "pt") as f:
+        return f.get_tensor(name).float().numpy()
+
+
+def test_model_info(client, tiny_model):
+    r = client.get("/api/model")
+    assert r.status_code == 200
+    info = r.json()
+    with safe_open(str(tiny_model), "pt") as f:
+        keys = list(f.keys())
+    assert info["tensor_count"] == len(keys)
+    assert info["kind"] == "file"
+    assert info["dtypes"] == {"BF16": 2 * 7 + 1, "F32": 2 * 2 + 1}
+    assert info["total_bytes"] == sum(oracle(tiny_model, k).size * (2 if "norm" not in k else 4) for k in keys)
+
+
+def test_tensor_list_matches_file(client, tiny_model):
+    r = client.get("/api/tensors")
+    assert r.status_code == 200
+    entries = {e["name"]: e for e in r.json()}
+    with safe_open(str(tiny_model), "pt") as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            e = entries[k]
+            assert e["shape"] == list(t.shape)
+            assert e["numel"] == t.numel()
+            assert e["nbytes"] == t.numel() * t.element_size()
+    q = entries["model.layers.1.self_attn.q_proj.weight"]["metadata_for_canvas"]
+    assert q["layer_index"] == 1 and q["type_group"] == "attention_qkv"
+    assert entries["model.embed_tokens.weight"]["metadata_for_canvas"]["type_group"] == "embedding"
+
+
+def test_slice_default_and_explicit(client, tiny_model):
+    name = "model.layers.0.mlp.down_proj.weight"
+    ref = oracle(tiny_model, name)
+    r = client.get(f"/api/tensor_slice/{name}").json()
+    assert r["original_shape"] == [16, 32] and r["slice_shape"] == [16, 32]
+    assert np.array_equal(np.array(r["data"]), ref)
+    r = client.get(f"/api/tensor_slice/{name}", params={"dim0_start": 3, "dim0_end": 7, "dim1_start": 10, "dim1_end": 30, "dim1_step": 4}).json()
+    assert r["slice_definition"] == "[3:7, 10:30:4]"
+    assert np.array_equal(np.array(r["data"]), ref[3:7, 10:30:4])
+    assert r["min_value_in_slice"] == ref[3:7, 10:30:4].min()
+    assert r["max_value_in_slice"] == ref[3:7, 10:30:4].max()
+
+
+def test_slice_errors_are_4xx(client):
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert_error(client.get(f"/api/tensor_slice/{name}", params={"dim0_start": 5, "dim0_end": 99}), 400, "invalid_request", "dim0")
+    assert_error(client.get(f"/api/tensor_slice/{name}", params={"dim2_idx": 0}), 400, "invalid_request", "dim2_idx")
+    assert_error(client.get(f"/api/tensor_slice/{name}", params={"dim0_start": "x"}), 400, "invalid_request", "integer")
+    assert_error(client.get("/api/tensor_slice/no.such.tensor"), 404, "tensor_not_found", "no.such.tensor")
+    assert_error(client.get(f"/api/tensor_slice/{name}", params={"view": "weird"}), 422, "invalid_request")
+
+
+def test_slice_cell_cap(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL, make_settings
+
+    model = write_tiny_llama(tmp_path / "m" / "model.safetensors")
+    app = create_app(make_settings(tmp_path, model, max_slice_cells=100))
+    with TestClient(app, base_url=BASE_URL) as c:
+        err = assert_error(c.get("/api/tensor_slice/model.layers.0.mlp.down_proj.weight"), 413, "too_large")
+        assert err["cells"] == 16 * 32 and err["limit"] == 100
+
+
+def test_stats_and_cache(client, tiny_model):
+    name = "model.layers.1.mlp.up_proj.weight"
+    ref = oracle(tiny_model, name).astype(np.float64)
+    s = client.get(f"/api/tensor_stats/{name}").json()
+    assert s["numel"] == ref.size
+    assert s["mean"] == pytest.approx(ref.mean(), rel=1e-12)
+    assert s["std"] == pytest.approx(ref.std(), rel=1e-12)
+    assert s["min"] == ref.min() and s["max"] == ref.max()
+    assert s["l2_norm"] == pytest.approx(np.linalg.norm(ref), rel=1e-12)
+    for p in (1, 50, 99):
+        assert s["percentiles"][f"p{p}"] == pytest.approx(np.percentile(ref, p), rel=1e-12)
+    again = client.get(f"/api/tensor_stats/{name}").json()
+    assert again == s
+    sl = client.get(f"/api/tensor_stats/{name}", params={"dim0_start": 0, "dim0_end": 4, "dim1_start": 0, "dim1_end": 8}).json()
+    assert sl["numel"] == 32 and sl["mean"] == pytest.approx(ref[:4, :8].mean(), rel=1e-12)
+
+
+def test_histogram(client, tiny_model):
+    name = "model.layers.1.mlp.up_proj.weight"
+    ref = oracle(tiny_model, name).astype(np.float64)
+    h = client.get(f"/api/tensor_histogram/{name}", params={"bins": 10}).json()
+    counts, edges = np.histogram(ref, bins=10, range=(ref.min(), ref.max()))
+    assert h["counts"] == counts.tolist()
+    assert np.allclose(h["edges"], edges)
+    hs = client.get(f"/api/tensor_histogram/{name}", params={"bins": 5, "dim0_idx": 2, "dim1_start": 0, "dim1_end": 16}).json()
+    counts, _ = np.histogram(ref[2, :16], bins=5, range=(ref[2, :16].min(), ref[2, :16].max()))
+    assert hs["counts"] == counts.tolist()
+
+
+def test_hex_view(client, tiny_model):
+    name = "model.embed_tokens.weight"
+    with safe_open(str(tiny_model), "pt") as f:
+        t = f.get_tensor(name)
+    raw = t.view(__import__("torch").int16).numpy().astype("<i2").tobytes()
+    h = client.get(f"/api/tensor_hex/{name}", params={"offset": 30, "length": 6}).json()
+    assert h["hex"] == raw[30:36].hex().upper()
+    assert [e["flat_index"] for e in h["elements"]] == [15, 16, 17]
+    assert h["elements"][1]["index"] == [1, 0]
+    assert h["elements"][1]["value"] == float(t.float()[1, 0])
+    h2 = client.get(f"/api/tensor_hex/{name}", params={"element": 16, "count": 2}).json()
+    assert h2["offset"] == 32 and h2["length"] == 4
+    assert_error(client.get(f"/api/tensor_hex/{name}", params={"offset": 10**9}), 400, "invalid_request", "offset")
+
+
+def test_overview(client, tiny_model):
+    name = "model.layers.0.mlp.gate_proj.weight"
+    ref = oracle(tiny_model, name).astype(np.float64)
+    o = client.get(f"/api/tensor_overview/{name}", params={"rows": 4, "cols": 2}).json()
+    assert o["blocks"] == [4, 2]
+    expect = ref.reshape(4, 8, 2, 8).mean(axis=(1, 3))
+    assert np.allclose(o["mean"], expect)
+    assert np.allclose(o["absmax"], np.abs(ref).reshape(4, 8, 2, 8).max(axis=(1, 3)))
+
+
+def test_rank(client, tmp_path):
+    r = client.get("/api/tensor_rank/model.layers.0.mlp.gate_proj.weight").json()
+    assert r["rank"] == 16 and r["max_rank"] == 16
+    assert_error(client.get("/api/tensor_rank/model.norm.weight"), 400, "invalid_request", "2-D")
+
+
+def test_open_another_model(client, tmp_path):
+    other = write_tiny_llama(tmp_path / "other" / "m.safetensors", layers=3, seed=1)
+    r = client.post("/api/model", json={"path": str(other)})
+    assert r.status_code == 200, r.text
+    assert r.json()["tensor_count"] == 2 + 3 * 9
+    assert len(client.get("/api/tensors").json()) == 2 + 3 * 9
+    assert_error(client.post("/api/model", json={"path": "/etc/passwd"}), 403, "path_not_allowed", "ALLOWED_ROOTS")
+    assert_error(client.post("/api/model", json={"path": str(tmp_path / "nope")}), 404, "model_not_found")
+    assert_error(client.post("/api/model", json={}), 422, "invalid_request", "path")
+
+
+def test_openapi_documents_routes(client):
+    spec = client.get("/openapi.json").json()
+    for route in ("/api/model", "/api/tensors", "/api/tensor_slice/{tensor_name}", "/api/tensor_stats/{tensor_name}",
+                  "/api/tensor_histogram/{tensor_name}", "/api/tensor_hex/{tensor_name}"):
+        assert route in spec["paths"], route
