@@ -1,0 +1,1 @@
+"""The LiteLLM investigation agent and its read-only tools over the store."""

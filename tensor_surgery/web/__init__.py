@@ -1,0 +1,1 @@
+"""FastAPI adapters only: routers call the core (store, surgery, live, agent)."""
