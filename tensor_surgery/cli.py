@@ -220,6 +220,144 @@ def stats(model: Path, tensors: tuple[str, ...], pattern: str | None, threshold:
             click.echo(f"{n}: skipped: {why}", err=True)
 
 
+# -- patch ------------------------------------------------------------------------------------
+
+
+@main.group()
+def patch() -> None:
+    """Apply, verify, diff and invert .hexpatch files."""
+
+
+def _read_patches(paths: tuple[Path, ...]):
+    from .surgery import hexpatch as hp
+
+    out = []
+    for p in paths:
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise SurgeryError(f"{p}: cannot read the patch: {e.strerror}", file=str(p)) from None
+        out.append((str(p), hp.loads(data, str(p))))
+    return out
+
+
+def _byte_bar(desc: str):
+    bar = progress_bar(0, desc)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, progress
+
+
+@patch.command("apply")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("patches", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="New model: a folder, or a .safetensors file.")
+@click.option("--in-place", is_flag=True, help="Write into MODEL's own files (a backup inverse patch is written first).")
+@click.option("--max-shard-size", help="Re-shard the output to at most this per file (e.g. 2GB).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@json_option
+@handles_errors
+def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, as_json) -> None:
+    """Write a new patched model (or patch MODEL in place). All or nothing: conflicts refuse it."""
+    from .surgery.apply import apply_in_place, check_no_pending_intent, runs_for_patches
+    from .surgery.hexpatch import model_checksum
+    from .surgery.writer import export_model, parse_size
+
+    if bool(out) == bool(in_place):
+        raise SurgeryError("give exactly one of --out OUT or --in-place", field="out")
+    loaded = _read_patches(patches)
+    if in_place:
+        result = apply_in_place(model, loaded)
+        emit(result, as_json, f"patched {result['model']} in place: {result['entries']} entries, "
+             f"{result['changed_bytes']:,} bytes; backup (the inverse patch): {result['backup']}")
+        return
+    with _open(model) as m:
+        check_no_pending_intent(m)
+        runs = runs_for_patches(m, loaded, checksum_fn=lambda: model_checksum(m))
+        bar, progress = _byte_bar("export")
+        with bar:
+            result = export_model(m, out, runs, max_shard_bytes=parse_size(max_shard_size) if max_shard_size else None,
+                                  overwrite=overwrite, progress=progress)
+    emit(result, as_json, f"wrote {result['path']} ({', '.join(result['files'])}): "
+         f"{result['patched_bytes']:,} patched bytes in {result['patched_tensors']} tensor(s), {result['seconds']} s")
+
+
+@patch.command("verify")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("patches", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+@handles_errors
+def patch_verify(model, patches, as_json) -> None:
+    """Would PATCHES apply cleanly to MODEL (in order)? Lists every conflict; exit 1 if any."""
+    from .surgery.apply import verify_patches
+    from .surgery.hexpatch import model_checksum
+
+    loaded = _read_patches(patches)
+    with _open(model) as m:
+        _, report = verify_patches(m, loaded, checksum_fn=lambda: model_checksum(m))
+    ok = all(r["ok"] for r in report)
+    if as_json:
+        emit({"ok": ok, "patches": report}, True)
+    else:
+        for r in report:
+            state = "applies cleanly" if r["ok"] else f"{len(r['conflicts'])} conflict(s)"
+            click.echo(f"{r['patch']}: {state} ({r['entries']} entries)")
+            for c in r["conflicts"]:
+                extra = f" expected {c['expected_hex']} found {c['actual_hex']}" if "actual_hex" in c else ""
+                click.echo(f"  - {c['message']}{extra}")
+    sys.exit(0 if ok else 1)
+
+
+@patch.command("diff")
+@click.argument("model_a", type=click.Path(path_type=Path))
+@click.argument("model_b", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The .hexpatch to write.")
+@click.option("--description", default="", help="Why this patch exists.")
+@json_option
+@handles_errors
+def patch_diff(model_a, model_b, out, description, as_json) -> None:
+    """The minimal patch that turns MODEL_A into MODEL_B (same layout)."""
+    from .surgery.diff import diff_models
+
+    with _open(model_a) as a, _open(model_b) as b:
+        bar, progress = _byte_bar("diff")
+        with bar:
+            result = diff_models(a, b, out, description, progress)
+    emit(result, as_json, f"wrote {result['path']}: {result['entries']:,} entries, {result['changed_bytes']:,} bytes changed")
+
+
+@patch.command("invert")
+@click.argument("patch_file", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The inverse .hexpatch to write.")
+@json_option
+@handles_errors
+def patch_invert(patch_file, out, as_json) -> None:
+    """Swap original and new bytes: applying PATCH then its inverse restores the exact bytes."""
+    from .surgery.library import atomic_write
+
+    (_, p), = _read_patches((patch_file,))
+    inv = p.inverted()
+    atomic_write(out, inv.dumps().encode())
+    emit({"path": str(out), **inv.summary()}, as_json, f"wrote {out}: {len(inv.entries)} entries")
+
+
+@patch.command("recover")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--rollback", is_flag=True, help="Restore the old bytes instead of finishing the apply.")
+@json_option
+@handles_errors
+def patch_recover(model, rollback, as_json) -> None:
+    """Finish (or with --rollback undo) an interrupted `patch apply --in-place`."""
+    from .surgery.apply import recover_in_place
+
+    result = recover_in_place(model, rollback)
+    emit(result, as_json, result.get("message") or f"{result['direction']}: rewrote {result['entries']} entries")
+
+
 # -- demo models --------------------------------------------------------------------------------
 
 

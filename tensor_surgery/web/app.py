@@ -11,9 +11,13 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..jobs import JobRunner
 from ..settings import Settings
+from ..surgery.journal import Journal
+from ..surgery.library import PatchLibrary
+from ..surgery.staging import Staging
 from ..workspace import Workspace
-from . import routes_model, routes_pages, routes_tensors
+from . import routes_edits, routes_export, routes_model, routes_pages, routes_patches, routes_tensors
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
 
@@ -21,6 +25,9 @@ ROUTERS = [
     routes_pages.router,
     routes_model.router,
     routes_tensors.router,
+    routes_edits.router,
+    routes_patches.router,
+    routes_export.router,
 ]
 
 DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.
@@ -37,17 +44,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.is_loopback and not token:
         token = secrets.token_urlsafe(24)
     workspace = Workspace(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(settings.resolved_database_url)
+    staging = Staging(workspace, journal)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         workspace.open_default()
         yield
         workspace.close()
+        journal.close()
 
     app = FastAPI(title="Tensor Surgery", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.workspace = workspace
     app.state.token = token
+    app.state.staging = staging
+    app.state.library = PatchLibrary(settings.patch_dir)
+    app.state.jobs = JobRunner()
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -6,8 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
+from ..jobs import JobRunner
 from ..settings import Settings
 from ..store import Model
+from ..surgery.library import PatchLibrary
+from ..surgery.staging import Staging
 from ..workspace import Workspace
 
 
@@ -23,7 +26,22 @@ def get_model(request: Request) -> Model:
     return request.app.state.workspace.model()
 
 
+def get_staging(request: Request) -> Staging:
+    return request.app.state.staging
+
+
+def get_library(request: Request) -> PatchLibrary:
+    return request.app.state.library
+
+
+def get_jobs(request: Request) -> JobRunner:
+    return request.app.state.jobs
+
+
 WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
+StagingDep = Annotated[Staging, Depends(get_staging)]
+LibraryDep = Annotated[PatchLibrary, Depends(get_library)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelDep = Annotated[Model, Depends(get_model)]
 ViewParam = Annotated[

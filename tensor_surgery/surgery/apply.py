@@ -1,0 +1,195 @@
+"""Applying patches to a model: verification against a running state, and in-place writes.
+
+Patches given together apply in order: each is verified against the base bytes with the earlier
+ones applied. Verification lists every conflict of every patch (a conflicting entry is skipped so
+later patches are still checked against a sensible state).
+
+In-place apply rewrites bytes inside the model's own files, so it is journaled: before touching a
+byte it writes the forward patch and its inverse (the backup) beside the model, then an intent
+file naming both, all fsynced. If the process dies midway, `recover_in_place` writes every entry
+of one of the two (forward: finish; back: restore), which is idempotent, so any torn state ends
+as exactly the old bytes or exactly the new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ..errors import Conflict, SurgeryError
+from ..store import Model, TensorReader, open_model
+from . import hexpatch as hp
+from .library import atomic_write, fsync_dir
+from .runs import ByteMap
+
+INTENT_NAME = ".tensor-surgery-inplace.json"
+
+
+class StateReader:
+    """Bytes of a model with accumulated runs applied (one reader per touched tensor)."""
+
+    def __init__(self, model: Model, base_runs: dict[str, list[tuple[int, bytes]]] | None = None) -> None:
+        self.model = model
+        self.maps: dict[str, ByteMap] = {}
+        self._readers: dict[str, TensorReader] = {}
+        for name, runs in (base_runs or {}).items():
+            for off, data in runs:
+                self.write(name, off, data)
+
+    def write(self, name: str, off: int, data: bytes) -> None:
+        self.maps.setdefault(name, ByteMap()).write(off, data)
+        self._readers.pop(name, None)
+
+    def __call__(self, name: str, off: int, length: int) -> bytes:
+        bm = self.maps.get(name)
+        if bm is None:
+            raw = self.model.tensor(name).raw()
+            return bytes(raw[off : off + length])
+        r = self._readers.get(name)
+        if r is None:
+            r = self._readers[name] = TensorReader(self.model.tensor(name), bm.runs())
+        return r.read_bytes(off, length)
+
+    def runs(self) -> dict[str, list[tuple[int, bytes]]]:
+        return {n: bm.runs() for n, bm in sorted(self.maps.items())}
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.maps)
+
+
+def verify_patches(
+    model: Model, patches: list[tuple[str, hp.HexPatch]], state: StateReader | None = None, checksum_fn=None
+) -> tuple[StateReader, list[dict]]:
+    """Apply `patches` in order onto `state` (default: the base), collecting every conflict."""
+    state = state or StateReader(model)
+    report = []
+    for source, patch in patches:
+        conflicts = hp.find_conflicts(
+            patch, model, state, model_checksum_fn=None if state.changed else checksum_fn
+        )
+        bad = {c.entry for c in conflicts if c.entry is not None}
+        for i, e in enumerate(patch.entries):
+            if i not in bad and e.tensor_name in model.tensors and e.end <= model.tensors[e.tensor_name].nbytes:
+                state.write(e.tensor_name, e.offset_bytes, e.new)
+        report.append({"patch": source, "entries": len(patch.entries), "ok": not conflicts,
+                       "conflicts": [c.to_json() for c in conflicts]})
+    return state, report
+
+
+def runs_for_patches(model: Model, patches: list[tuple[str, hp.HexPatch]], state: StateReader | None = None,
+                     checksum_fn=None) -> dict[str, list[tuple[int, bytes]]]:
+    state, report = verify_patches(model, patches, state, checksum_fn)
+    conflicts = [c for r in report for c in r["conflicts"]]
+    if conflicts:
+        raise hp.PatchConflict(
+            f"{len(conflicts)} conflict(s); nothing was applied. First: {conflicts[0]['message']}",
+            conflicts=conflicts, report=report,
+        )
+    return state.runs()
+
+
+# -- in place ---------------------------------------------------------------------------------
+
+
+class InterruptedApply(SurgeryError):
+    code = "interrupted_in_place_apply"
+    http_status = 409
+    exit_code = 1
+
+
+def intent_path(model: Model | Path) -> Path:
+    folder = Path(model.path).parent if isinstance(model, Model) else Path(model)
+    return folder / INTENT_NAME
+
+
+def _write_entries(model: Model, patch: hp.HexPatch) -> None:
+    fds: dict[str, int] = {}
+    try:
+        for e in patch.entries:
+            ref = model.tensor(e.tensor_name)
+            f = ref.file
+            if f.path not in fds:
+                fds[f.path] = os.open(f.path, os.O_WRONLY)
+            os.pwrite(fds[f.path], e.new, f.data_start + ref.info.begin + e.offset_bytes)
+        for fd in fds.values():
+            os.fsync(fd)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def apply_in_place(model_path: str | os.PathLike, patches: list[tuple[str, hp.HexPatch]], *, progress=None) -> dict:
+    """Write `patches` into the model's own files, journaled so a crash can be rolled back or forward."""
+    model = open_model(model_path)
+    try:
+        intent = intent_path(model)
+        if intent.exists():
+            raise InterruptedApply(
+                f"an earlier in-place apply on {model.name} was interrupted ({intent}); run "
+                f"`tensor-surgery patch recover {model_path}` (add --rollback to restore the old bytes) first",
+                intent=str(intent),
+            )
+        runs = runs_for_patches(model, patches)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = StateReader(model)
+        forward = hp.HexPatch(
+            [hp.PatchEntry(t, off, base(t, off, len(d)), d, model.tensor(t).dtype.name, model.tensor(t).shape)
+             for t, rs in runs.items() for off, d in rs],
+            "in-place apply of: " + ", ".join(s for s, _ in patches),
+        )
+        folder = Path(model.path).parent
+        fwd_path = folder / f".tensor-surgery-forward-{stamp}.hexpatch"
+        backup_path = folder / f"{Path(model.path).name}.backup-{stamp}.hexpatch"
+        atomic_write(backup_path, forward.inverted(f"backup before in-place apply of {', '.join(s for s, _ in patches)}").dumps().encode())
+        atomic_write(fwd_path, forward.dumps().encode())
+        atomic_write(intent, json.dumps({
+            "model": os.path.realpath(model.path), "forward": fwd_path.name, "backup": backup_path.name,
+            "started": time.time(), "pid": os.getpid(),
+        }).encode())
+        _write_entries(model, forward)
+        intent.unlink()
+        fwd_path.unlink()
+        fsync_dir(folder)
+        return {"model": model.path, "backup": str(backup_path), "entries": len(forward.entries),
+                "changed_bytes": forward.changed_bytes}
+    finally:
+        model.close()
+
+
+def recover_in_place(model_path: str | os.PathLike, rollback: bool = False) -> dict:
+    """Finish (default) or undo an interrupted in-place apply; a no-op when none is pending."""
+    from ..store.model import resolve_model_path
+
+    resolved = resolve_model_path(model_path)
+    intent = intent_path(Path(resolved).parent)
+    if not intent.exists():
+        return {"recovered": False, "message": "no interrupted in-place apply"}
+    info = json.loads(intent.read_text())
+    folder = intent.parent
+    patch = hp.loads((folder / (info["backup"] if rollback else info["forward"])).read_bytes(), info["forward"])
+    # The files changed under their headers' feet; reopening validates them again.
+    model = open_model(resolved)
+    try:
+        _write_entries(model, patch)
+    finally:
+        model.close()
+    intent.unlink()
+    fwd = folder / info["forward"]
+    if fwd.exists():
+        fwd.unlink()
+    fsync_dir(folder)
+    return {"recovered": True, "direction": "rollback" if rollback else "rollforward",
+            "entries": len(patch.entries), "backup": str(folder / info["backup"])}
+
+
+def check_no_pending_intent(model: Model) -> None:
+    intent = intent_path(model)
+    if intent.exists():
+        raise Conflict(
+            f"{model.name} has an interrupted in-place apply ({intent}); recover it with "
+            "`tensor-surgery patch recover MODEL` before using it",
+            intent=str(intent),
+        )

@@ -1,0 +1,381 @@
+"""The `.hexpatch` format, version 1 (see DESIGN.md): parse strictly, verify, invert, compose.
+
+A patch is a list of byte replacements, each relative to the first byte of one tensor's data, so
+it survives re-sharding and re-packing. Applying is all or nothing: every entry's original bytes
+must match, entries of one patch must not overlap, tensors must exist and ranges must fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import Conflict, InvalidRequest, SurgeryError, TooLarge
+from ..store import Model
+
+FORMAT = "hexpatch"
+VERSION = 1
+MAX_PATCH_BYTES = 512 * 1024 * 1024  # a patch file larger than this is refused before parsing
+_HEX = re.compile(r"^[0-9A-Fa-f]*$")
+_SHA = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class InvalidPatch(SurgeryError):
+    code = "invalid_patch"
+    http_status = 422
+
+
+@dataclass(frozen=True, slots=True)
+class PatchEntry:
+    tensor_name: str
+    offset_bytes: int
+    original: bytes
+    new: bytes
+    dtype: str | None = None
+    shape_at_edit_time: tuple[int, ...] | None = None
+    note: str | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offset_bytes + len(self.new)
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {
+            "tensor_name": self.tensor_name,
+            "offset_bytes": self.offset_bytes,
+            "original_hex": self.original.hex().upper(),
+            "new_hex": self.new.hex().upper(),
+        }
+        if self.dtype is not None:
+            d["dtype"] = self.dtype
+        if self.shape_at_edit_time is not None:
+            d["shape_at_edit_time"] = list(self.shape_at_edit_time)
+        if self.note:
+            d["note"] = self.note
+        return d
+
+    def inverted(self) -> "PatchEntry":
+        return PatchEntry(self.tensor_name, self.offset_bytes, self.new, self.original,
+                          self.dtype, self.shape_at_edit_time, self.note)
+
+
+@dataclass
+class HexPatch:
+    entries: list[PatchEntry]
+    description: str = ""
+    base_model_checksum: str | None = None
+    tensor_checksums: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown top-level keys, kept on rewrite
+
+    # -- serialization -------------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {"format": FORMAT, "version": VERSION, "description": self.description}
+        if self.base_model_checksum:
+            d["base_model_checksum"] = self.base_model_checksum
+        if self.tensor_checksums:
+            d["tensor_checksums"] = dict(sorted(self.tensor_checksums.items()))
+        d.update({k: v for k, v in self.extra.items() if k not in d and k != "patches"})
+        d["patches"] = [e.to_json() for e in self.entries]
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n"
+
+    # -- algebra -------------------------------------------------------------------------------
+
+    def inverted(self, description: str | None = None) -> "HexPatch":
+        """Swap original and new: applying then inverting restores the exact bytes.
+
+        The checksums describe the weights *before* a patch, so the inverse cannot keep them.
+        """
+        return HexPatch(
+            [e.inverted() for e in self.entries],
+            description if description is not None else f"inverse of: {self.description}",
+        )
+
+    @property
+    def tensors(self) -> list[str]:
+        return sorted({e.tensor_name for e in self.entries})
+
+    @property
+    def changed_bytes(self) -> int:
+        return sum(len(e.new) for e in self.entries)
+
+    def summary(self) -> dict:
+        return {
+            "description": self.description,
+            "entries": len(self.entries),
+            "tensors": self.tensors,
+            "changed_bytes": self.changed_bytes,
+            "base_model_checksum": self.base_model_checksum,
+        }
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def loads(data: bytes | str, source: str = "patch") -> HexPatch:
+    """Parse and validate a patch; every problem names the entry and field."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if len(data) > MAX_PATCH_BYTES:
+        raise TooLarge(
+            f"{source}: {len(data):,} bytes is over the {MAX_PATCH_BYTES:,}-byte patch limit",
+            file=source,
+        )
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InvalidPatch(f"{source}: not a UTF-8 JSON .hexpatch file: {e}", file=source) from None
+    if not isinstance(obj, dict):
+        raise InvalidPatch(f"{source}: a .hexpatch must be a JSON object", file=source)
+    fmt = obj.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise InvalidPatch(f"{source}: format is {fmt!r}, expected {FORMAT!r}", file=source, field="format")
+    version = obj.get("version", VERSION)
+    if version != VERSION:
+        raise InvalidPatch(
+            f"{source}: version {version!r} is not supported (this tool reads version {VERSION})",
+            file=source, field="version",
+        )
+    description = obj.get("description", "")
+    if not isinstance(description, str):
+        raise InvalidPatch(f"{source}: description must be a string", file=source, field="description")
+    checksum = obj.get("base_model_checksum")
+    if checksum is not None and (not isinstance(checksum, str) or not _SHA.match(checksum.lower())):
+        raise InvalidPatch(
+            f"{source}: base_model_checksum must be 'sha256:' and 64 hex digits",
+            file=source, field="base_model_checksum",
+        )
+    tchecks = obj.get("tensor_checksums") or {}
+    if not isinstance(tchecks, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _SHA.match(v.lower()) for k, v in tchecks.items()
+    ):
+        raise InvalidPatch(
+            f"{source}: tensor_checksums must map tensor names to 'sha256:<64 hex>'",
+            file=source, field="tensor_checksums",
+        )
+    raw_entries = obj.get("patches")
+    if not isinstance(raw_entries, list):
+        raise InvalidPatch(f"{source}: 'patches' must be a list of entries", file=source, field="patches")
+    entries = [_entry(source, i, e) for i, e in enumerate(raw_entries)]
+    check_no_overlap(entries, source)
+    known = {"format", "version", "description", "base_model_checksum", "tensor_checksums", "patches"}
+    return HexPatch(
+        entries,
+        description,
+        checksum.lower() if checksum else None,
+        {k: v.lower() for k, v in tchecks.items()},
+        {k: v for k, v in obj.items() if k not in known},
+    )
+
+
+def _entry(source: str, i: int, e) -> PatchEntry:
+    def bad(msg: str, fld: str) -> InvalidPatch:
+        return InvalidPatch(f"{source}: patches[{i}]: {msg}", file=source, entry=i, field=fld)
+
+    if not isinstance(e, dict):
+        raise bad("entry must be an object", "patches")
+    name = e.get("tensor_name")
+    if not isinstance(name, str) or not name:
+        raise bad("tensor_name must be a non-empty string", "tensor_name")
+    off = e.get("offset_bytes")
+    if type(off) is not int or off < 0:
+        raise bad(f"offset_bytes must be a non-negative integer, got {off!r}", "offset_bytes")
+    blobs = {}
+    for key in ("original_hex", "new_hex"):
+        h = e.get(key)
+        if not isinstance(h, str) or not _HEX.match(h):
+            raise bad(f"{key} must be a string of hex digits", key)
+        if len(h) % 2:
+            raise bad(f"{key} has an odd number of hex digits ({len(h)})", key)
+        blobs[key] = bytes.fromhex(h)
+    if len(blobs["original_hex"]) != len(blobs["new_hex"]):
+        raise bad(
+            f"original_hex is {len(blobs['original_hex'])} bytes but new_hex is {len(blobs['new_hex'])}: "
+            "a patch replaces bytes one for one",
+            "new_hex",
+        )
+    if not blobs["new_hex"]:
+        raise bad("original_hex and new_hex are empty", "new_hex")
+    dtype = e.get("dtype")
+    if dtype is not None and not isinstance(dtype, str):
+        raise bad("dtype must be a string", "dtype")
+    shape = e.get("shape_at_edit_time")
+    if shape is not None and (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)):
+        raise bad("shape_at_edit_time must be a list of non-negative integers", "shape_at_edit_time")
+    note = e.get("note")
+    if note is not None and not isinstance(note, str):
+        raise bad("note must be a string", "note")
+    return PatchEntry(name, off, blobs["original_hex"], blobs["new_hex"], dtype,
+                      tuple(shape) if shape is not None else None, note)
+
+
+def check_no_overlap(entries: Iterable[PatchEntry], source: str = "patch") -> None:
+    by_tensor: dict[str, list[tuple[int, int, int]]] = {}
+    for i, e in enumerate(entries):
+        by_tensor.setdefault(e.tensor_name, []).append((e.offset_bytes, e.end, i))
+    for name, spans in by_tensor.items():
+        spans.sort()
+        for (a0, a1, ai), (b0, b1, bi) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise InvalidPatch(
+                    f"{source}: patches[{ai}] and patches[{bi}] overlap in {name!r} "
+                    f"(bytes {b0}..{min(a1, b1)}): one patch may change each byte once",
+                    file=source, tensor=name, entry=bi, field="offset_bytes",
+                )
+
+
+# -- checksums ----------------------------------------------------------------------------------
+
+
+def tensor_checksum(data: bytes | memoryview) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def model_checksum(model: Model, progress=None) -> str:
+    """sha256 over, for each tensor in name order: UTF-8 name, NUL, dtype, NUL, the shape as
+    comma-separated decimals, NUL, then the tensor's bytes. It names the weights, not the files."""
+    h = hashlib.sha256()
+    total = model.nbytes
+    done = 0
+    for name in sorted(model.tensors):
+        ref = model.tensors[name]
+        h.update(name.encode("utf-8") + b"\0" + ref.dtype.name.encode() + b"\0"
+                 + ",".join(map(str, ref.shape)).encode() + b"\0")
+        raw = ref.raw()
+        step = 64 << 20
+        for i in range(0, len(raw), step):
+            h.update(raw[i : i + step])
+            done += min(step, len(raw) - i)
+            if progress:
+                progress(done, total)
+    return "sha256:" + h.hexdigest()
+
+
+# -- verification --------------------------------------------------------------------------------
+
+
+@dataclass
+class ConflictItem:
+    kind: str  # unknown_tensor | out_of_range | mismatch | checksum | overlap
+    message: str
+    entry: int | None = None
+    tensor_name: str | None = None
+    offset_bytes: int | None = None
+    expected_hex: str | None = None
+    actual_hex: str | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _short_hex(b: bytes, limit: int = 64) -> str:
+    h = b.hex().upper()
+    return h if len(h) <= limit * 2 else h[: limit * 2] + f"…(+{len(b) - limit} bytes)"
+
+
+def find_conflicts(
+    patch: HexPatch,
+    model: Model,
+    read_bytes,
+    *,
+    model_checksum_fn=None,
+) -> list[ConflictItem]:
+    """Every reason `patch` cannot apply to the bytes `read_bytes(tensor, offset, length)` gives.
+
+    `read_bytes` is the current state (the base model, or the base with staged edits). Checksums
+    are compared only when the patch carries them and the state is the base model
+    (`model_checksum_fn` given).
+    """
+    out: list[ConflictItem] = []
+    for i, e in enumerate(patch.entries):
+        ref = model.tensors.get(e.tensor_name)
+        if ref is None:
+            out.append(ConflictItem("unknown_tensor", f"patches[{i}]: no tensor {e.tensor_name!r} in {model.name}",
+                                    i, e.tensor_name, e.offset_bytes))
+            continue
+        if e.end > ref.nbytes:
+            out.append(ConflictItem(
+                "out_of_range",
+                f"patches[{i}]: bytes {e.offset_bytes}..{e.end} run past the end of {e.tensor_name!r} "
+                f"({ref.nbytes} bytes)", i, e.tensor_name, e.offset_bytes))
+            continue
+        if e.dtype is not None and e.dtype != ref.dtype.name:
+            out.append(ConflictItem(
+                "dtype", f"patches[{i}]: made for {e.dtype} but {e.tensor_name!r} is {ref.dtype.name}",
+                i, e.tensor_name, e.offset_bytes))
+            continue
+        actual = read_bytes(e.tensor_name, e.offset_bytes, len(e.original))
+        if actual != e.original:
+            out.append(ConflictItem(
+                "mismatch",
+                f"patches[{i}]: {e.tensor_name!r} at byte {e.offset_bytes} holds other bytes than the patch expects",
+                i, e.tensor_name, e.offset_bytes, _short_hex(e.original), _short_hex(actual)))
+    if model_checksum_fn is not None and patch.base_model_checksum and not out:
+        actual = model_checksum_fn()
+        if actual != patch.base_model_checksum:
+            out.append(ConflictItem(
+                "checksum",
+                f"base_model_checksum is {patch.base_model_checksum} but {model.name} is {actual}: "
+                "the patch was made for other weights", expected_hex=patch.base_model_checksum, actual_hex=actual))
+    return out
+
+
+def raise_conflicts(conflicts: list[ConflictItem], source: str) -> None:
+    if conflicts:
+        raise PatchConflict(
+            f"{source}: {len(conflicts)} conflict(s); nothing was applied. First: {conflicts[0].message}",
+            file=source, conflicts=[c.to_json() for c in conflicts],
+        )
+
+
+class PatchConflict(Conflict):
+    code = "patch_conflict"
+
+
+def compose(patches: list[HexPatch], read_base, description: str = "") -> HexPatch:
+    """One patch with the effect of applying `patches` in order to the base bytes.
+
+    Entries later in the list may change bytes that earlier ones changed; the result maps base
+    bytes straight to the final bytes, merged per tensor.
+    """
+    from .runs import ByteMap
+
+    maps: dict[str, ByteMap] = {}
+    meta: dict[str, tuple[str | None, tuple | None]] = {}
+    for p in patches:
+        for e in p.entries:
+            bm = maps.setdefault(e.tensor_name, ByteMap())
+            bm.write(e.offset_bytes, e.new)
+            meta.setdefault(e.tensor_name, (e.dtype, e.shape_at_edit_time))
+    entries = []
+    for name in sorted(maps):
+        dtype, shape = meta[name]
+        for off, new in maps[name].runs():
+            orig = read_base(name, off, len(new))
+            entries.extend(diff_entries(name, off, orig, new, dtype, shape))
+    if not description:
+        description = "composed of: " + "; ".join(p.description or "(no description)" for p in patches)
+    return HexPatch(entries, description)
+
+
+def diff_entries(name: str, off: int, orig: bytes, new: bytes, dtype=None, shape=None, gap: int = 16) -> list[PatchEntry]:
+    """Entries for the bytes that differ between `orig` and `new` (runs closer than `gap` merged)."""
+    from .runs import changed_runs
+
+    return [
+        PatchEntry(name, off + a, orig[a:b], new[a:b], dtype, shape)
+        for a, b in changed_runs(orig, new, gap)
+    ]
+
+
+def validate_description(text: str) -> str:
+    if not isinstance(text, str) or len(text) > 10_000:
+        raise InvalidRequest("description must be text of at most 10,000 characters", field="description")
+    return text

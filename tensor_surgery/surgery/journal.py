@@ -1,0 +1,298 @@
+"""The staged-edit journal: every staged edit, durably, scoped to the model it belongs to.
+
+SQLite by default (WAL, synchronous=FULL: once `stage` returns, a SIGKILL or power cut loses
+nothing), any SQLAlchemy URL for a shared server. Each edit keeps its byte runs with the bytes
+they replaced, so edits stack: an edit's original bytes are the staged state it was made on.
+Reverting an edit that a later edit overlaps would leave the later one's original bytes false,
+so it is refused with the names of those edits; undo and redo work on the stack's top.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    delete,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from ..errors import Conflict, InvalidRequest, SurgeryError
+from .ops import ByteRun, ComputedEdit
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EditRow(Base):
+    __tablename__ = "edits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_key: Mapped[str] = mapped_column(String(4096), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # staged | undone
+    undo_order: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    description: Mapped[str] = mapped_column(Text)
+    spec: Mapped[str] = mapped_column(Text)  # JSON of the request that made it
+    tensor_names: Mapped[str] = mapped_column(Text)  # JSON list
+    values_changed: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_changed: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    runs: Mapped[list["RunRow"]] = relationship(
+        back_populates="edit", cascade="all, delete-orphan", order_by="RunRow.id", lazy="selectin"
+    )
+
+
+class RunRow(Base):
+    __tablename__ = "edit_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"), index=True)
+    tensor_name: Mapped[str] = mapped_column(Text)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    original: Mapped[bytes] = mapped_column(LargeBinary)
+    new: Mapped[bytes] = mapped_column(LargeBinary)
+    edit: Mapped[EditRow] = relationship(back_populates="runs")
+
+
+@dataclass
+class StagedEdit:
+    id: int
+    seq: int
+    status: str
+    description: str
+    spec: dict
+    tensor_names: list[str]
+    values_changed: int
+    bytes_changed: int
+    created_at: float
+    runs: list[ByteRun]
+
+    def summary(self, runs_limit: int = 0) -> dict:
+        d = {
+            "id": self.id,
+            "seq": self.seq,
+            "status": self.status,
+            "description": self.description,
+            "spec": self.spec,
+            "tensor_names": self.tensor_names,
+            "values_changed": self.values_changed,
+            "bytes_changed": self.bytes_changed,
+            "created_at": self.created_at,
+            "run_count": len(self.runs),
+        }
+        if runs_limit:
+            d["runs"] = [
+                {
+                    "tensor_name": r.tensor_name,
+                    "offset_bytes": r.offset,
+                    "length": len(r.new),
+                    "original_hex": r.original[:256].hex().upper(),
+                    "new_hex": r.new[:256].hex().upper(),
+                    "truncated": len(r.new) > 256,
+                }
+                for r in self.runs[:runs_limit]
+            ]
+        return d
+
+    def overlaps(self, other: "StagedEdit") -> bool:
+        for a in self.runs:
+            for b in other.runs:
+                if a.tensor_name == b.tensor_name and a.offset < b.offset + len(b.new) and b.offset < a.offset + len(a.new):
+                    return True
+        return False
+
+
+def _to_staged(row: EditRow) -> StagedEdit:
+    return StagedEdit(
+        row.id, row.seq, row.status, row.description, json.loads(row.spec), json.loads(row.tensor_names),
+        row.values_changed, row.bytes_changed, row.created_at,
+        [ByteRun(r.tensor_name, r.offset, r.original, r.new) for r in row.runs],
+    )
+
+
+class Journal:
+    def __init__(self, url: str) -> None:
+        kwargs = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._lock = threading.RLock()
+        self._version = 0  # bumps on every change: names the staged state for caches
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def _bump(self) -> None:
+        self._version += 1
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def edits(self, model_key: str, status: str = "staged") -> list[StagedEdit]:
+        with self._session() as s:
+            q = select(EditRow).where(EditRow.model_key == model_key, EditRow.status == status)
+            q = q.order_by(EditRow.seq) if status == "staged" else q.order_by(EditRow.undo_order.desc())
+            return [_to_staged(r) for r in s.scalars(q)]
+
+    def get(self, model_key: str, edit_id: int) -> StagedEdit:
+        with self._session() as s:
+            row = s.get(EditRow, edit_id)
+            if row is None or row.model_key != model_key:
+                raise EditNotFound(f"no staged edit #{edit_id} for this model", edit_id=edit_id)
+            return _to_staged(row)
+
+    def overlay(self, model_key: str, tensor_name: str) -> list[tuple[int, bytes]]:
+        """Byte runs of the staged edits on one tensor, oldest first (later ones win)."""
+        with self._session() as s:
+            q = (
+                select(RunRow.offset, RunRow.new)
+                .join(EditRow)
+                .where(EditRow.model_key == model_key, EditRow.status == "staged", RunRow.tensor_name == tensor_name)
+                .order_by(EditRow.seq, RunRow.id)
+            )
+            return [(o, n) for o, n in s.execute(q)]
+
+    def staged_tensors(self, model_key: str) -> dict[str, int]:
+        """Tensor name -> number of staged edits touching it."""
+        out: dict[str, int] = {}
+        for e in self.edits(model_key):
+            for name in e.tensor_names:
+                out[name] = out.get(name, 0) + 1
+        return out
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def stage(self, model_key: str, computed: ComputedEdit | None = None, *, description: str = "",
+              spec: dict | None = None, runs: Iterable[ByteRun] = ()) -> StagedEdit:
+        """Record an edit (its runs against the current staged state). Clears the redo stack."""
+        if computed is not None:
+            description, spec, runs = computed.description, computed.spec.to_json(), computed.runs
+            values, nbytes = computed.values_changed, computed.bytes_changed
+        else:
+            runs = list(runs)
+            values, nbytes = 0, sum(sum(a != b for a, b in zip(r.original, r.new)) for r in runs)
+        runs = list(runs)
+        if not runs:
+            raise NothingToStage("the edit changes no bytes: nothing was staged")
+        with self._lock, self._session.begin() as s:
+            s.execute(delete(EditRow).where(EditRow.model_key == model_key, EditRow.status == "undone"))
+            seq = (s.scalar(select(func.max(EditRow.seq)).where(EditRow.model_key == model_key)) or 0) + 1
+            names = sorted({r.tensor_name for r in runs})
+            row = EditRow(
+                model_key=model_key, seq=seq, status="staged", description=description,
+                spec=json.dumps(spec or {}), tensor_names=json.dumps(names), values_changed=values,
+                bytes_changed=nbytes, created_at=time.time(),
+                runs=[RunRow(tensor_name=r.tensor_name, offset=r.offset, original=r.original, new=r.new) for r in runs],
+            )
+            s.add(row)
+            s.flush()
+            result = _to_staged(row)
+        self._bump()
+        return result
+
+    def revert(self, model_key: str, edit_id: int) -> StagedEdit:
+        with self._lock:
+            target = self.get(model_key, edit_id)
+            if target.status != "staged":
+                raise EditNotFound(f"edit #{edit_id} is not staged (it was undone)", edit_id=edit_id)
+            later = [e for e in self.edits(model_key) if e.seq > target.seq and e.overlaps(target)]
+            if later:
+                ids = ", ".join(f"#{e.id}" for e in later)
+                raise Conflict(
+                    f"edit #{edit_id} cannot be reverted alone: later edit(s) {ids} change the same bytes "
+                    "on top of it. Revert those first (or undo back to it); nothing was changed.",
+                    edit_id=edit_id, blocking=[e.summary() for e in later],
+                )
+            with self._session.begin() as s:
+                s.execute(delete(EditRow).where(EditRow.id == edit_id))
+            self._bump()
+            return target
+
+    def undo(self, model_key: str) -> StagedEdit:
+        with self._lock, self._session.begin() as s:
+            row = s.scalars(
+                select(EditRow).where(EditRow.model_key == model_key, EditRow.status == "staged")
+                .order_by(EditRow.seq.desc()).limit(1)
+            ).first()
+            if row is None:
+                raise NothingToStage("nothing to undo: no staged edits")
+            top = s.scalar(select(func.max(EditRow.undo_order)).where(EditRow.model_key == model_key)) or 0
+            row.status, row.undo_order = "undone", top + 1
+            result = _to_staged(row)
+        self._bump()
+        return result
+
+    def redo(self, model_key: str, current_bytes) -> StagedEdit:
+        """Restage the most recently undone edit, if the bytes it was made on are still there."""
+        with self._lock:
+            undone = self.edits(model_key, "undone")
+            if not undone:
+                raise NothingToStage("nothing to redo")
+            edit = undone[0]
+            for r in edit.runs:
+                if current_bytes(r.tensor_name, r.offset, len(r.original)) != r.original:
+                    raise Conflict(
+                        f"cannot redo edit #{edit.id}: {r.tensor_name!r} at byte {r.offset} changed since it was undone",
+                        edit_id=edit.id,
+                    )
+            with self._session.begin() as s:
+                row = s.get(EditRow, edit.id)
+                seq = (s.scalar(select(func.max(EditRow.seq)).where(
+                    EditRow.model_key == model_key, EditRow.status == "staged")) or 0) + 1
+                row.status, row.undo_order, row.seq = "staged", None, seq
+                result = _to_staged(row)
+            self._bump()
+            return result
+
+    def clear(self, model_key: str) -> int:
+        with self._lock, self._session.begin() as s:
+            n = s.execute(delete(EditRow).where(EditRow.model_key == model_key)).rowcount
+        self._bump()
+        return n or 0
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class EditNotFound(SurgeryError):
+    code = "edit_not_found"
+    http_status = 404
+
+
+class NothingToStage(SurgeryError):
+    code = "nothing_to_do"
+    http_status = 409
+    exit_code = 1
+
+
+def check_description(text: str | None) -> str:
+    text = text or ""
+    if len(text) > 10_000:
+        raise InvalidRequest("description is over 10,000 characters", field="description")
+    return text

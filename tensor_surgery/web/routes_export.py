@@ -1,0 +1,79 @@
+"""Export a new model with staged edits and/or patches applied, as a job with progress events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..surgery.writer import export_model, parse_size
+from .deps import JobsDep, LibraryDep, ModelDep, SettingsDep, StagingDep, WorkspaceDep
+
+router = APIRouter(prefix="/api", tags=["export"])
+
+
+class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    out: str | None = Field(
+        None, max_length=4096,
+        description="Output folder (or .safetensors file) inside ALLOWED_ROOTS. Default: DATA_DIR/exports/<model>-<time>",
+    )
+    include_staged: bool = Field(True, description="apply the staged edits")
+    patches: list[str] = Field(default_factory=list, max_length=100, description="library patches applied after them, in order")
+    max_shard_size: str | int | None = Field(None, description="re-shard to at most this per file, e.g. '2GB' (default: same sharding)")
+    overwrite: bool = False
+
+
+@router.post("/export", status_code=202, summary="Start exporting the patched model; follow /api/jobs/{id}/events")
+def start_export(
+    body: ExportRequest, ws: WorkspaceDep, settings: SettingsDep, staging: StagingDep,
+    library: LibraryDep, jobs: JobsDep, model: ModelDep,
+) -> dict:
+    out = body.out or str(settings.data_dir / "exports" / f"{model.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_path = ws.roots.check(out, "export output")
+    max_shard = parse_size(body.max_shard_size) if body.max_shard_size is not None else None
+    patches = [(n, library.read(n)) for n in body.patches]
+    runs = staging.export_runs(model, body.include_staged, patches)  # conflicts fail here, before the job
+    job = jobs.start(
+        "export", f"export {model.name} to {out_path}",
+        lambda progress: export_model(model, out_path, runs, max_shard_bytes=max_shard,
+                                      overwrite=body.overwrite, progress=progress),
+    )
+    return {"job": job.snapshot()}
+
+
+@router.get("/jobs", summary="Recent jobs and their state")
+def list_jobs(jobs: JobsDep) -> dict:
+    return {"jobs": jobs.list()}
+
+
+@router.get("/jobs/{job_id}", summary="One job's state, progress and result")
+def get_job(job_id: Annotated[str, Path(max_length=64)], jobs: JobsDep) -> dict:
+    return jobs.get(job_id).snapshot()
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    summary="Server-sent events: progress, then done or error",
+    response_class=StreamingResponse,
+)
+async def job_events(job_id: Annotated[str, Path(max_length=64)], jobs: JobsDep, request: Request):
+    job = jobs.get(job_id)
+
+    async def stream():
+        it = job.events(timeout=10.0)
+        while True:
+            event = await asyncio.to_thread(next, it, None)
+            if event is None or await request.is_disconnected():
+                return
+            if event["type"] == "keepalive":
+                yield ": keepalive\n\n"
+                continue
+            yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,123 @@
+"""The patch library: save staged edits, list, show, download, upload, annotate, delete, verify,
+load into staging, invert and compose."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import TooLarge
+from ..surgery import hexpatch as hp
+from ..surgery.library import patch_filename
+from .deps import LibraryDep, ModelDep, StagingDep
+
+router = APIRouter(prefix="/api/patches", tags=["patches"])
+PatchName = Annotated[str, Path(min_length=1, max_length=200, description="file name in PATCH_DIR")]
+
+
+class SaveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1, max_length=200)
+    description: str = Field("", max_length=10_000)
+    edit_ids: list[int] | None = Field(None, description="only these staged edits (default: all)")
+    checksums: bool = Field(True, description="record base_model_checksum and tensor_checksums")
+    overwrite: bool = False
+
+
+class AnnotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str = Field(..., max_length=10_000)
+
+
+class DeriveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    out_name: str = Field(..., min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    overwrite: bool = False
+
+
+class ComposeRequest(DeriveRequest):
+    names: list[str] = Field(..., min_length=1, max_length=100)
+
+
+@router.get("", summary="Every patch in the library with its description and size")
+def list_patches(library: LibraryDep) -> dict:
+    return {"patches": library.list(), "folder": str(library.folder)}
+
+
+@router.post("", summary="Save staged edits (all, or a selection) as a .hexpatch in the library")
+def save_patch(body: SaveRequest, staging: StagingDep, library: LibraryDep, model: ModelDep) -> dict:
+    patch_filename(body.name)  # a bad name fails before any work
+    patch = staging.build_patch(model, body.description, body.edit_ids, body.checksums)
+    return library.save(body.name, patch, overwrite=body.overwrite)
+
+
+@router.post("/upload", summary="Add a .hexpatch file to the library (validated first)")
+async def upload_patch(
+    library: LibraryDep,
+    file: Annotated[UploadFile, File(description="a .hexpatch (JSON) file")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    overwrite: Annotated[bool, Form()] = False,
+) -> dict:
+    data = await file.read(hp.MAX_PATCH_BYTES + 1)
+    if len(data) > hp.MAX_PATCH_BYTES:
+        raise TooLarge(f"upload is over the {hp.MAX_PATCH_BYTES:,}-byte patch limit", field="file")
+    return library.upload(name or file.filename or "uploaded", data, overwrite=overwrite)
+
+
+@router.post("/compose", summary="One patch with the effect of several applied in order")
+def compose(body: ComposeRequest, library: LibraryDep, staging: StagingDep, model: ModelDep) -> dict:
+    patch_filename(body.out_name)
+    patches = [library.read(n) for n in body.names]
+    composed = hp.compose(patches, staging.base_bytes(model), body.description or "")
+    return library.save(body.out_name, composed, overwrite=body.overwrite)
+
+
+@router.get("/{name}", summary="A patch: its summary and entries (the first `limit`)")
+def show_patch(name: PatchName, library: LibraryDep, limit: Annotated[int, Query(ge=0, le=100_000)] = 500) -> dict:
+    patch = library.read(name)
+    d = patch.to_json()
+    d["patches"] = d["patches"][:limit]
+    return {"name": patch_filename(name), "summary": patch.summary(), "truncated": len(patch.entries) > limit, **d}
+
+
+@router.get("/{name}/download", summary="The .hexpatch file itself")
+def download_patch(name: PatchName, library: LibraryDep) -> Response:
+    fname = patch_filename(name)
+    return Response(library.read_bytes(name), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{fname}"'})
+
+
+@router.patch("/{name}", summary="Change a patch's description")
+def annotate_patch(name: PatchName, body: AnnotateRequest, library: LibraryDep) -> dict:
+    return library.annotate(name, body.description)
+
+
+@router.delete("/{name}", summary="Delete a patch from the library")
+def delete_patch(name: PatchName, library: LibraryDep) -> dict:
+    library.delete(name)
+    return {"deleted": patch_filename(name)}
+
+
+@router.post("/{name}/verify", summary="Would the patch apply to the current staged state? Every conflict listed")
+def verify_patch(name: PatchName, library: LibraryDep, staging: StagingDep, model: ModelDep) -> dict:
+    patch = library.read(name)
+    conflicts = staging.verify_patch(model, patch)
+    return {"name": patch_filename(name), "ok": not conflicts, "entries": len(patch.entries),
+            "conflicts": [c.to_json() for c in conflicts]}
+
+
+@router.post("/{name}/load", summary="Stage the whole patch as one edit, or nothing (409 lists every conflict)")
+def load_patch(name: PatchName, library: LibraryDep, staging: StagingDep, model: ModelDep) -> dict:
+    patch = library.read(name)
+    return {"edit": staging.load_patch(model, patch, patch_filename(name)).summary()}
+
+
+@router.post("/{name}/invert", summary="Save the inverse of a patch (original and new bytes swapped)")
+def invert_patch(name: PatchName, body: DeriveRequest, library: LibraryDep) -> dict:
+    patch_filename(body.out_name)
+    inv = library.read(name).inverted(body.description)
+    return library.save(body.out_name, inv, overwrite=body.overwrite)
