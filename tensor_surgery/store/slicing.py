@@ -77,6 +77,12 @@ def parse_slice(
     for key, value in params.items():
         m = _PARAM.match(key)
         if not m:
+            if key.startswith("dim"):  # a typo such as dim0_stop must not silently do nothing
+                raise InvalidRequest(
+                    f"unknown slice parameter {key!r}: use dimN_start, dimN_end, dimN_step "
+                    "or dimN_idx",
+                    tensor=tensor, field=key,
+                )
             continue
         dim, part = int(m[1]), m[2]
         if dim >= rank:
@@ -143,11 +149,13 @@ def parse_slice(
 
 def to_json_values(values: np.ndarray):
     """Values as JSON-ready nested lists: floats with NaN/inf as None, complex as [re, im]."""
-    if values.dtype.kind == "c":
-        return np.stack([values.real, values.imag], axis=-1).astype(np.float64).tolist()
     if values.dtype.kind in "biu":
         return values.tolist()
-    v = values.astype(np.float64)
+    if values.dtype.kind == "c":
+        # [re, im] pairs; a NaN or Inf part becomes None like a real NaN (JSON has neither)
+        v = np.stack([values.real, values.imag], axis=-1).astype(np.float64)
+    else:
+        v = values.astype(np.float64)
     if np.isfinite(v).all():
         return v.tolist()
     obj = v.astype(object)
@@ -304,6 +312,10 @@ def unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
     return out[::-1]
 
 
+def _json_float(f: float) -> float | str:
+    return f if math.isfinite(f) else str(f)  # "nan", "inf", "-inf"
+
+
 def hex_view(reader: TensorReader, offset: int, length: int) -> dict:
     """The bytes of [offset, offset+length) and every element they touch, decoded."""
     name = reader.ref.name
@@ -336,12 +348,11 @@ def hex_view(reader: TensorReader, offset: int, length: int) -> dict:
                 b0, nb = flat * ubytes, ubytes
             v = vals[k]
             if v.dtype.kind == "c":
-                value = [float(v.real), float(v.imag)]
+                value = [_json_float(float(v.real)), _json_float(float(v.imag))]
             elif v.dtype.kind in "biu":
                 value = v.item()
             else:
-                f = float(v)
-                value = f if math.isfinite(f) else str(f)
+                value = _json_float(float(v))
             elements.append({
                 "flat_index": flat,
                 "index": unravel(flat, reader.shape),

@@ -44,7 +44,8 @@ def count_patterns(chunks: Iterable[np.ndarray], nbins: int, total: int, progres
     counts = np.zeros(nbins, dtype=np.int64)
     done = 0
     for pats in chunks:
-        counts += np.bincount(pats, minlength=nbins)
+        found = np.bincount(pats)  # up to the largest pattern present: small for small tensors
+        counts[: found.size] += found
         done += pats.size
         if progress:
             progress(done, total)
@@ -59,13 +60,16 @@ class PatternCounts:
     counts: np.ndarray
 
     def describe(self, threshold: float, percentiles: Iterable[float]) -> dict:
-        values = value_table(self.dtype)[: len(self.counts)]
-        c = self.counts
+        # Only the patterns present (a few thousand of 65,536 in real weights), in pattern
+        # order: the same sums in the same order, without a dozen passes over 65,536 bins
+        # per tensor (that was a third of the time of a whole model's statistics).
+        present = np.flatnonzero(self.counts > 0)  # 8x faster than on the int64 counts
+        c = self.counts[present]
+        values = value_table(self.dtype)[present]
         numel = int(c.sum())
         nan = np.isnan(values)
         posinf, neginf = values == np.inf, values == -np.inf
-        present = c > 0
-        fin = present & ~nan & ~posinf & ~neginf
+        fin = ~nan & ~posinf & ~neginf
         cf = c[fin]
         vf = values[fin]
         n = int(cf.sum())
@@ -75,8 +79,9 @@ class PatternCounts:
         out["neginf_count"] = int(c[neginf].sum())
         out["inf_count"] = out["posinf_count"] + out["neginf_count"]
         out["finite_count"] = n
-        out["sparse_count"] = int(c[present & (np.abs(values) <= threshold)].sum())
-        out["distinct_values"] = int(np.count_nonzero(fin))
+        out["sparse_count"] = int(c[np.abs(values) <= threshold].sum())
+        # values, not patterns: -0.0 and +0.0 are one value
+        out["distinct_values"] = int(np.unique(vf).size)
         if n:
             mean = float(np.dot(cf, vf) / n)
             m2 = float(np.dot(cf, (vf - mean) ** 2))
@@ -128,7 +133,8 @@ class _Moments:
     def add(self, x: np.ndarray) -> None:
         self.numel += x.size
         if x.dtype.kind == "f":
-            s = float(np.add.reduce(x, dtype=np.float64))
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: handled just below
+                s = float(np.add.reduce(x, dtype=np.float64))
             if not math.isfinite(s):
                 fin = np.isfinite(x)
                 nfin = x.size - int(np.count_nonzero(fin))
@@ -235,6 +241,13 @@ def _fill_moments(out: dict, n: int, mean: float, m2: float, lo: float, hi: floa
 def _finish(out: dict) -> None:
     numel = out["numel"]
     out["sparsity"] = out["sparse_count"] / numel if numel else 0.0
+    # float64 sums overflow for values beyond ~1e154 (F64 only): say so rather than emit inf/NaN,
+    # which is not JSON
+    overflowed = [k for k in ("mean", "var", "std", "l2_norm") if out[k] is not None and not math.isfinite(out[k])]
+    for k in overflowed:
+        out[k] = None
+    if overflowed:
+        out["overflow"] = f"{', '.join(overflowed)} overflow float64 for these magnitudes"
 
 
 def _percentiles_from_sorted(vals: np.ndarray, cum: np.ndarray, percentiles: Iterable[float]) -> dict[str, float]:
@@ -404,6 +417,8 @@ def tensor_histogram(
         hi_ = lo_ + (abs(lo_) * 1e-6 or 1e-12)
     if log:
         edges = np.logspace(math.log10(lo_), math.log10(hi_), bins + 1)
+        # 10**log10(x) can round below x: pin the ends, or the extreme values fall outside
+        edges[0], edges[-1] = lo_, hi_
     else:
         edges = np.linspace(lo_, hi_, bins + 1)
     total = np.zeros(bins, dtype=np.int64)

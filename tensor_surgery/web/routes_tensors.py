@@ -13,7 +13,7 @@ from .deps import ModelDep, SettingsDep, ViewParam, WorkspaceDep
 
 router = APIRouter(prefix="/api", tags=["tensors"])
 
-_DIM_PARAM = re.compile(r"^dim\d+_(start|end|idx|step)$")
+_DIM_PARAM = re.compile(r"^dim")  # every dim* key goes to the parser, so a typo is an error, not ignored
 SLICE_DOC = (
     "Slice parameters (query): `dimN_start` and `dimN_end` (optionally `dimN_step`) for at most two "
     "viewed dimensions, `dimN_idx` to fix each other dimension (default 0). With none given, the "

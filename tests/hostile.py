@@ -1,0 +1,421 @@
+"""A corpus of hostile and malformed safetensors models: the store's threat model, as code.
+
+Each entry of `CORPUS` writes one case under the folder it is given and returns the path to open
+(a file, an index or a folder). `EXPECTED[name]` is `(error class name, substring)`: the error
+`open_model` must raise and a piece of its message that names the culprit (field, tensor, shard).
+`FIELDS[name]`, where present, is the `field` the error's context must carry.
+
+Cases that must not cost time or memory (a header length of 2**63, a million-entry shape...) are
+built small: the parser has to refuse them before reading or multiplying anything big.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+Case = Callable[[Path], Path]
+
+CORPUS: dict[str, Case] = {}
+EXPECTED: dict[str, tuple[str, str]] = {}
+FIELDS: dict[str, str] = {}
+
+
+def case(name: str, error: str, substring: str, field: str | None = None):
+    def register(fn: Case) -> Case:
+        assert name not in CORPUS, name
+        CORPUS[name] = fn
+        EXPECTED[name] = (error, substring)
+        if field is not None:
+            FIELDS[name] = field
+        return fn
+
+    return register
+
+
+# -- building blocks ------------------------------------------------------------------------
+
+
+def st_bytes(header: dict | str | bytes, data: bytes = b"", length: int | None = None) -> bytes:
+    """A safetensors file: 8-byte little-endian header length, header, data.
+
+    `header` may be a dict (dumped as JSON), or exact text/bytes for malformed JSON; `length`
+    overrides the length field.
+    """
+    if isinstance(header, dict):
+        header = json.dumps(header)
+    if isinstance(header, str):
+        header = header.encode("utf-8")
+    n = len(header) if length is None else length
+    return struct.pack("<Q", n) + header + data
+
+
+def entry(dtype: str, shape: list, begin: int, end: int) -> dict:
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+def valid_header(**extra: dict) -> dict:
+    """Two U8 tensors, 'a' (4 bytes) then 'b' (2 bytes): 6 data bytes."""
+    return {"a": entry("U8", [4], 0, 4), "b": entry("U8", [2], 4, 6), **extra}
+
+
+def write(folder: Path, name: str, content: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(content)
+    return path
+
+
+def one_file(header, data: bytes = b"", length: int | None = None, name: str = "model.safetensors") -> Case:
+    return lambda d: write(d, name, st_bytes(header, data, length))
+
+
+def tensor_entry_text(body: str, data: bytes = b"\0" * 4) -> Case:
+    """A file whose only tensor 'w' has the exact JSON text `body` as its entry."""
+    return one_file('{"w": ' + body + "}", data)
+
+
+def sharded(
+    weight_map: dict | str | bytes,
+    shards: dict[str, dict[str, tuple[str, list, bytes]]],
+    index_name: str = "model.safetensors.index.json",
+) -> Callable[[Path], Path]:
+    """A folder holding an index (a dict, or exact text) and shard files built from
+    `{shard: {tensor: (dtype, shape, bytes)}}`; returns the folder."""
+
+    def build(d: Path) -> Path:
+        folder = d / "sharded"
+        folder.mkdir()
+        for shard, tensors in shards.items():
+            write(folder, shard, shard_file(tensors))
+        if isinstance(weight_map, dict):
+            text = json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+        else:
+            text = weight_map
+        (folder / index_name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        return folder
+
+    return build
+
+
+def shard_file(tensors: dict[str, tuple[str, list, bytes]]) -> bytes:
+    header, data = {}, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = entry(dtype, shape, len(data), len(data) + len(raw))
+        data += raw
+    return st_bytes(header, data)
+
+
+S1, S2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+A = {"a": ("U8", [4], b"\1\2\3\4")}
+B = {"b": ("U8", [2], b"\5\6")}
+AB = {**A, **B}
+
+
+# -- the header length ----------------------------------------------------------------------
+
+case("empty_file", "InvalidModelFile", "0 bytes", "header_length")(lambda d: write(d, "model.safetensors", b""))
+case("seven_bytes", "InvalidModelFile", "7 bytes", "header_length")(lambda d: write(d, "model.safetensors", b"\x02\0\0\0\0\0\0"))
+case("header_length_2_pow_63", "InvalidModelFile", "100,000,000-byte limit", "header_length")(
+    one_file(b"{}", length=2**63)
+)
+case("header_length_u64_max", "InvalidModelFile", "100,000,000-byte limit", "header_length")(
+    one_file(b"{}", length=2**64 - 1)
+)
+case("header_length_100_000_001", "InvalidModelFile", "100,000,001", "header_length")(
+    one_file(b"{}", length=100_000_001)
+)
+case("header_length_past_end", "InvalidModelFile", "truncated", "header_length")(
+    one_file(b"{}", length=1000)
+)
+case("header_length_zero", "InvalidModelFile", "starting with '{'", "header")(one_file(b"", b"", length=0))
+
+# -- the header text ------------------------------------------------------------------------
+
+case("header_not_utf8", "InvalidModelFile", "UTF-8", "header")(one_file(b'{"a\xff": 1}'))
+case("header_not_json", "InvalidModelFile", "not valid JSON", "header")(one_file(b'{"a": {"dtype": '))
+case("header_json_array", "InvalidModelFile", "JSON object", "header")(one_file(b"[]"))
+case("header_leading_space", "InvalidModelFile", "starting with '{'", "header")(one_file(b" {}"))
+case("header_trailing_garbage", "InvalidModelFile", "not valid JSON", "header")(one_file(b"{} x"))
+case("header_nan_literal", "InvalidModelFile", "NaN", "header")(
+    one_file(b'{"__metadata__": {"a": NaN}}')
+)
+case("header_infinity_in_offsets", "InvalidModelFile", "Infinity", "header")(
+    tensor_entry_text('{"dtype": "U8", "shape": [4], "data_offsets": [0, Infinity]}')
+)
+case("header_deeply_nested", "InvalidModelFile", "not valid JSON", "header")(
+    one_file(b'{"__metadata__": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+)
+case("header_huge_integer", "InvalidModelFile", "not valid JSON", "header")(
+    tensor_entry_text('{"dtype": "U8", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 4]}')
+)
+case("tensor_name_lone_surrogate", "InvalidModelFile", "surrogate", "header")(
+    one_file('{"\\ud800": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}}', b"\0" * 4)
+)
+case("metadata_value_lone_surrogate", "InvalidModelFile", "surrogate", "header")(
+    one_file('{"__metadata__": {"k": "\\udfff"}}')
+)
+
+# -- duplicate keys (the reference keeps the last one silently) -----------------------------
+
+case("duplicate_tensor_key", "InvalidModelFile", "duplicate key 'a'", "header")(
+    one_file(
+        '{"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}, '
+        '"a": {"dtype": "U8", "shape": [2], "data_offsets": [4, 6]}}',
+        b"\0" * 6,
+    )
+)
+case("duplicate_key_in_entry", "InvalidModelFile", "duplicate key 'dtype'", "header")(
+    tensor_entry_text('{"dtype": "I8", "dtype": "U8", "shape": [4], "data_offsets": [0, 4]}')
+)
+case("duplicate_key_in_metadata", "InvalidModelFile", "duplicate key 'k'", "header")(
+    one_file('{"__metadata__": {"k": "1", "k": "2"}}')
+)
+case("duplicate_metadata_block", "InvalidModelFile", "duplicate key '__metadata__'", "header")(
+    one_file('{"__metadata__": {}, "__metadata__": {"k": "v"}}')
+)
+
+# -- __metadata__ ---------------------------------------------------------------------------
+
+case("metadata_non_string_value", "InvalidModelFile", "__metadata__", "__metadata__")(
+    one_file({"__metadata__": {"format": 1}})
+)
+case("metadata_not_object", "InvalidModelFile", "__metadata__", "__metadata__")(
+    one_file({"__metadata__": ["format", "pt"]})
+)
+case("metadata_nested_object", "InvalidModelFile", "__metadata__", "__metadata__")(
+    one_file({"__metadata__": {"k": {"nested": "v"}}})
+)
+
+# -- tensor entries -------------------------------------------------------------------------
+
+case("entry_not_object", "InvalidModelFile", "tensor 'w': entry must be an object", "tensor")(
+    one_file({"w": [0, 4]}, b"\0" * 4)
+)
+case("missing_dtype", "InvalidModelFile", "tensor 'w'", "tensor")(
+    one_file({"w": {"shape": [4], "data_offsets": [0, 4]}}, b"\0" * 4)
+)
+case("missing_data_offsets", "InvalidModelFile", "missing data_offsets", "tensor")(
+    one_file({"w": {"dtype": "U8", "shape": [4]}}, b"\0" * 4)
+)
+case("extra_key_in_entry", "InvalidModelFile", "unexpected 'foo'", "tensor")(
+    one_file({"w": {**entry("U8", [4], 0, 4), "foo": 1}}, b"\0" * 4)
+)
+case("unknown_dtype", "InvalidModelFile", "tensor 'w': unknown dtype 'F12'", "dtype")(
+    one_file({"w": entry("F12", [4], 0, 4)}, b"\0" * 4)
+)
+case("dtype_lowercase", "InvalidModelFile", "unknown dtype 'f32'", "dtype")(
+    one_file({"w": entry("f32", [1], 0, 4)}, b"\0" * 4)
+)
+case("dtype_not_string", "InvalidModelFile", "tensor 'w': unknown dtype 5", "dtype")(
+    one_file({"w": entry(5, [4], 0, 4)}, b"\0" * 4)
+)
+case("dtype_huge_string", "InvalidModelFile", "unknown dtype", "dtype")(
+    one_file({"w": entry("X" * 5_000_000, [4], 0, 4)}, b"\0" * 4)
+)
+case("shape_negative", "InvalidModelFile", "tensor 'w': shape must be", "shape")(
+    one_file({"w": entry("U8", [-4], 0, 4)}, b"\0" * 4)
+)
+case("shape_float", "InvalidModelFile", "tensor 'w': shape must be", "shape")(
+    one_file({"w": entry("U8", [4.0], 0, 4)}, b"\0" * 4)
+)
+case("shape_bool", "InvalidModelFile", "tensor 'w': shape must be", "shape")(
+    one_file({"w": entry("U8", [True, 4], 0, 4)}, b"\0" * 4)
+)
+case("shape_string", "InvalidModelFile", "tensor 'w': shape must be", "shape")(
+    one_file({"w": entry("U8", ["4"], 0, 4)}, b"\0" * 4)
+)
+case("shape_not_list", "InvalidModelFile", "tensor 'w': shape must be", "shape")(
+    one_file({"w": entry("U8", 4, 0, 4)}, b"\0" * 4)
+)
+case("shape_overflow", "InvalidModelFile", "overflows 64 bits", "shape")(
+    one_file({"w": entry("F32", [2**40, 2**40], 0, 4)}, b"\0" * 4)
+)
+case("shape_overflow_bits", "InvalidModelFile", "overflows 64 bits", "shape")(
+    # 2**62 elements fit 64 bits, 2**62 * 64 bits do not
+    one_file({"w": entry("F64", [2**62], 0, 4)}, b"\0" * 4)
+)
+case("shape_overflow_then_zero", "InvalidModelFile", "overflows 64 bits", "shape")(
+    # the reference multiplies with overflow checks left to right: a later 0 does not save it
+    one_file({"w": entry("U8", [2**40, 2**40, 0], 0, 0)})
+)
+case("shape_million_entries", "InvalidModelFile", "overflows 64 bits", "shape")(
+    # an unchecked product of this shape is a 6-million-bit integer: the parser must stop early
+    tensor_entry_text(
+        '{"dtype": "U8", "shape": [' + ",".join(["4294967295"] * 200_000) + '], "data_offsets": [0, 4]}'
+    )
+)
+case("offsets_end_before_begin", "InvalidModelFile", "tensor 'w': data_offsets end 0 is before begin 4", "data_offsets")(
+    one_file({"w": entry("U8", [4], 4, 0)}, b"\0" * 4)
+)
+case("offsets_three_entries", "InvalidModelFile", "data_offsets must be [begin, end]", "data_offsets")(
+    one_file({"w": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4, 8]}}, b"\0" * 4)
+)
+case("offsets_negative", "InvalidModelFile", "data_offsets must be [begin, end]", "data_offsets")(
+    one_file({"w": entry("U8", [4], -4, 0)}, b"\0" * 4)
+)
+case("offsets_strings", "InvalidModelFile", "data_offsets must be [begin, end]", "data_offsets")(
+    one_file({"w": entry("U8", [4], "0", "4")}, b"\0" * 4)
+)
+case("offsets_out_of_bounds", "InvalidModelFile", "tensor 'w': data_offsets [0, 400] run past", "data_offsets")(
+    one_file({"w": entry("U8", [400], 0, 400)}, b"\0" * 4)
+)
+case("offsets_past_u64", "InvalidModelFile", "run past", "data_offsets")(
+    one_file({"w": entry("U8", [4], 2**64, 2**64 + 4)}, b"\0" * 4)
+)
+case("size_mismatch_with_shape", "InvalidModelFile", "tensor 'w': data_offsets span 4 bytes but shape [2] of F32 needs 8", "data_offsets")(
+    one_file({"w": entry("F32", [2], 0, 4)}, b"\0" * 4)
+)
+case("f4_odd_element_count", "InvalidModelFile", "3 elements of 4-bit F4 do not end on a byte boundary", "shape")(
+    one_file({"w": entry("F4", [3], 0, 2)}, b"\0" * 2)
+)
+case("f6_three_elements", "InvalidModelFile", "3 elements of 6-bit F6_E2M3 do not end on a byte boundary", "shape")(
+    one_file({"w": entry("F6_E2M3", [3], 0, 3)}, b"\0" * 3)
+)
+
+# -- the data section as a whole ------------------------------------------------------------
+
+case("overlapping_tensors", "InvalidModelFile", "tensor 'b' starts at data offset 2", "data_offsets")(
+    one_file({"a": entry("U8", [4], 0, 4), "b": entry("U8", [4], 2, 6)}, b"\0" * 6)
+)
+case("same_range_twice", "InvalidModelFile", "overlaps the previous tensor by 4 bytes", "data_offsets")(
+    one_file({"a": entry("U8", [4], 0, 4), "b": entry("U8", [4], 0, 4)}, b"\0" * 4)
+)
+case("gap_between_tensors", "InvalidModelFile", "a gap of 2 bytes", "data_offsets")(
+    one_file({"a": entry("U8", [4], 0, 4), "b": entry("U8", [2], 6, 8)}, b"\0" * 8)
+)
+case("gap_at_start", "InvalidModelFile", "tensor 'a' starts at data offset 3", "data_offsets")(
+    one_file({"a": entry("U8", [4], 3, 7)}, b"\0" * 7)
+)
+case("trailing_bytes", "InvalidModelFile", "3 trailing bytes", "data_offsets")(
+    one_file(valid_header(), b"\0" * 9)
+)
+case("no_tensors_but_data", "InvalidModelFile", "5 trailing bytes", "data_offsets")(one_file({}, b"\0" * 5))
+
+# -- what sits at the path ------------------------------------------------------------------
+
+case("no_such_file", "ModelNotFound", "no such file")(lambda d: d / "missing.safetensors")
+
+
+def _fifo(d: Path) -> Path:
+    path = d / "model.safetensors"
+    os.mkfifo(path)  # opening a FIFO for reading blocks until a writer comes: must be refused
+    return path
+
+
+case("fifo_instead_of_file", "InvalidModelFile", "not a regular file")(_fifo)
+
+
+def _two_files(d: Path) -> Path:
+    folder = d / "two"
+    folder.mkdir()
+    write(folder, "first.safetensors", st_bytes(valid_header(), b"\0" * 6))
+    write(folder, "second.safetensors", st_bytes(valid_header(), b"\0" * 6))
+    return folder
+
+
+case("folder_two_files_no_index", "InvalidModelFile", "holds 2 .safetensors files and no index")(_two_files)
+
+
+def _empty_folder(d: Path) -> Path:
+    folder = d / "empty"
+    folder.mkdir()
+    (folder / "README.md").write_text("no model here")
+    return folder
+
+
+case("folder_without_model", "ModelNotFound", "no .safetensors file")(_empty_folder)
+
+
+def _two_indexes(d: Path) -> Path:
+    folder = sharded({"a": S1}, {S1: A}, index_name="x.safetensors.index.json")(d)
+    (folder / "y.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": S1}}))
+    return folder
+
+
+case("folder_two_indexes", "InvalidModelFile", "several shard indexes")(_two_indexes)
+
+# -- sharded models -------------------------------------------------------------------------
+
+case("index_not_json", "InvalidModelFile", "not valid UTF-8 JSON")(sharded('{"weight_map": {', {S1: A}))
+case("index_not_utf8", "InvalidModelFile", "not valid UTF-8 JSON")(sharded(b'{"weight_map": {"a\xff": 1}}', {S1: A}))
+case("index_nan", "InvalidModelFile", "NaN")(sharded('{"metadata": {"total_size": NaN}, "weight_map": {"a": "%s"}}' % S1, {S1: A}))
+case("index_deeply_nested", "InvalidModelFile", "not valid UTF-8 JSON")(
+    sharded('{"metadata": ' + "[" * 100_000 + "]" * 100_000 + ', "weight_map": {"a": "%s"}}' % S1, {S1: A})
+)
+case("index_without_weight_map", "InvalidModelFile", "'weight_map' object", "weight_map")(
+    sharded('{"metadata": {"total_size": 4}}', {S1: A})
+)
+case("index_weight_map_list", "InvalidModelFile", "'weight_map' object", "weight_map")(
+    sharded('{"weight_map": [["a", "%s"]]}' % S1, {S1: A})
+)
+case("index_json_array", "InvalidModelFile", "'weight_map' object", "weight_map")(sharded("[]", {S1: A}))
+case("index_weight_map_empty", "InvalidModelFile", "weight_map is empty", "weight_map")(sharded({}, {S1: A}))
+case("index_duplicate_keys", "InvalidModelFile", "duplicate key 'a'", "weight_map")(
+    sharded('{"weight_map": {"a": "%s", "a": "%s"}}' % (S1, S2), {S1: A, S2: A})
+)
+case("index_missing_shard", "InvalidModelFile", f"missing: {S2}", "weight_map")(
+    sharded({"a": S1, "b": S2}, {S1: A})
+)
+case("index_shard_not_string", "InvalidModelFile", "weight_map['a'] = 5 is not a plain", "weight_map")(
+    sharded({"a": 5}, {S1: A})
+)
+case("index_shard_not_safetensors", "InvalidModelFile", "'pytorch_model.bin' is not a plain", "weight_map")(
+    sharded({"a": "pytorch_model.bin"}, {S1: A})
+)
+
+
+def _traversal(d: Path) -> Path:
+    # a valid model one folder up: following the name would "work", which is the danger
+    write(d, "outside.safetensors", shard_file(A))
+    return sharded({"a": "../outside.safetensors"}, {S1: A})(d)
+
+
+case("index_shard_path_traversal", "InvalidModelFile", "'../outside.safetensors' is not a plain", "weight_map")(_traversal)
+
+
+def _absolute(d: Path) -> Path:
+    target = write(d, "outside.safetensors", shard_file(A))
+    return sharded({"a": str(target)}, {S1: A})(d)
+
+
+case("index_shard_absolute_path", "InvalidModelFile", "outside.safetensors' is not a plain", "weight_map")(_absolute)
+case("index_shard_backslash", "InvalidModelFile", "is not a plain", "weight_map")(
+    sharded({"a": "..\\outside.safetensors"}, {S1: A})
+)
+case("index_shard_dotdot_name", "InvalidModelFile", "is not a plain", "weight_map")(sharded({"a": ".."}, {S1: A}))
+case("index_tensor_absent_from_shard", "InvalidModelFile", f"in {S1} that it does not hold, e.g. 'b'", "weight_map")(
+    sharded({"a": S1, "b": S1}, {S1: A})
+)
+case("index_misses_tensor_in_shard", "InvalidModelFile", f"tensor 'b' is stored in {S1} but the index does not list it", "weight_map")(
+    sharded({"a": S1}, {S1: AB})
+)
+case("index_puts_tensor_elsewhere", "InvalidModelFile", f"tensor 'b' is stored in {S1} but the index puts it in {S2}", "weight_map")(
+    sharded({"a": S1, "b": S2}, {S1: AB, S2: B})
+)
+case("tensor_in_two_shards", "InvalidModelFile", f"tensor 'a' is stored in both {S1} and {S2}", "weight_map")(
+    sharded({"a": S1, "b": S2}, {S1: A, S2: {**A, **B}})
+)
+
+
+def _invalid_shard(d: Path) -> Path:
+    folder = sharded({"a": S1, "b": S2}, {S1: A, S2: B})(d)
+    (folder / S2).write_bytes(st_bytes({"b": entry("U8", [2], 0, 2)}, b"\0" * 5))  # trailing bytes
+    return folder
+
+
+case("invalid_shard", "InvalidModelFile", f"{S2}: tensors end at data offset 2", "data_offsets")(_invalid_shard)
+
+
+def _fifo_shard(d: Path) -> Path:
+    folder = sharded({"a": S1}, {})(d)
+    os.mkfifo(folder / S1)
+    return folder
+
+
+case("fifo_shard", "InvalidModelFile", f"missing: {S1}", "weight_map")(_fifo_shard)
+
+
+assert len(CORPUS) == len(EXPECTED) >= 30
