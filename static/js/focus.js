@@ -1,0 +1,425 @@
+// Focus view: one tensor's facts, statistics, histogram, a slice as a heatmap, the hex view and the
+// edit controls. Slicing works for any rank: two viewed dimensions with start/end/step, a fixed
+// index for each other dimension.
+
+import { api, tensorPath } from "./api.js";
+import { initEditor } from "./editor.js";
+import { initHexView } from "./hexview.js";
+import { clearError, cssVar, el, emit, fmtBytes, fmtNum, groupColor, on, setChildren, showError, state } from "./state.js";
+
+const DEFAULT_WINDOW = 64;
+const STAT_KEYS = ["min", "max", "mean", "std", "abs_max", "l2_norm", "sparsity", "nan_count", "inf_count", "distinct_values"];
+
+let gen = 0; // bumps when the selected tensor changes: late answers for an old tensor are dropped
+export const focus = {
+  tensor: null,
+  slice: null, // {row, col, ranges: {dim: [start, end, step]}, idx: {dim: i}}
+  data: null, // last slice answer
+  sel: null, // {r0, r1, c0, c1} in tensor indices of the viewed dims
+  anchor: null,
+};
+
+export function sliceParams(s = focus.slice, rect = null) {
+  const p = {};
+  for (const [d, i] of Object.entries(s.idx)) p[`dim${d}_idx`] = i;
+  for (const [d, [a, b, st]] of Object.entries(s.ranges)) {
+    const dim = Number(d);
+    if (rect && dim === s.row) { p[`dim${d}_start`] = rect.r0; p[`dim${d}_end`] = rect.r1 + 1; continue; }
+    if (rect && dim === s.col) { p[`dim${d}_start`] = rect.c0; p[`dim${d}_end`] = rect.c1 + 1; continue; }
+    p[`dim${d}_start`] = a;
+    p[`dim${d}_end`] = b;
+    if (st > 1 && !rect) p[`dim${d}_step`] = st;
+  }
+  return p;
+}
+
+function defaultSlice(shape) {
+  const rank = shape.length;
+  const s = { row: null, col: null, ranges: {}, idx: {} };
+  if (rank === 0) return s;
+  s.col = rank - 1;
+  s.row = rank >= 2 ? rank - 2 : null;
+  shape.forEach((n, d) => {
+    if (d === s.row || d === s.col) s.ranges[d] = [0, Math.min(n, DEFAULT_WINDOW), 1];
+    else s.idx[d] = 0;
+  });
+  return s;
+}
+
+// Full index of a heatmap cell (row r, col c in tensor indices of the viewed dims).
+export function fullIndex(r, c, s = focus.slice) {
+  const shape = focus.tensor.shape;
+  return shape.map((_, d) => (d === s.row ? r : d === s.col ? c : s.idx[d] ?? 0));
+}
+
+export function initFocus() {
+  const root = document.getElementById("tab-focus");
+  root.append(el("p", { class: "placeholder", text: "Select a tensor on the canvas, or find one with the filter below." }));
+  on("select", (name) => show(root, name));
+  on("staged", (names) => {
+    if (focus.tensor && (!names || names.includes(focus.tensor.name))) refresh(root);
+  });
+  on("view", () => focus.tensor && refresh(root));
+}
+
+function show(root, name) {
+  const t = state.byName.get(name);
+  if (!t) return;
+  gen++;
+  focus.tensor = t;
+  focus.slice = defaultSlice(t.shape);
+  focus.sel = null;
+  focus.anchor = null;
+  const m = t.metadata_for_canvas;
+  document.querySelector('[data-tab="focus"]').click();
+  setChildren(root, 
+    el("div", { class: "section" },
+      el("div", { class: "tensor-title", id: "focus-name", style: `border-left-color:${groupColor(m.type_group)}` }, t.name),
+      el("dl", { class: "kv", id: "focus-facts" },
+        ...kv("dtype", t.dtype), ...kv("shape", `[${t.shape.join(", ")}]`), ...kv("elements", fmtNum(t.numel)),
+        ...kv("bytes", `${fmtBytes(t.nbytes)} (${fmtNum(t.nbytes)})`), ...kv("layer", m.layer_index),
+        ...kv("type", m.type_group + (m.expert_index !== null && m.expert_index !== undefined ? ` · expert ${m.expert_index}` : "")),
+        ...kv("role", m.specific_type_key), ...kv("staged edits", state.staged.get(t.name) || 0))),
+    el("div", { class: "section row" },
+      el("span", { class: "muted" }, "show"),
+      el("span", { class: "seg", id: "view-toggle" },
+        el("button", { "aria-pressed": String(state.view === "base"), onclick: () => setView("base") }, "base"),
+        el("button", { "aria-pressed": String(state.view === "staged"), onclick: () => setView("staged") }, "staged"))),
+    el("div", { class: "section", id: "stats-section" }, el("h4", {}, "Statistics"), el("div", { id: "stats-body", class: "muted" }, "…"),
+      el("p", { class: "error-msg", id: "stats-error", role: "alert" })),
+    el("div", { class: "section", id: "hist-section" },
+      el("h4", {}, "Histogram"),
+      el("div", { class: "row" },
+        el("label", {}, el("input", { type: "checkbox", id: "hist-slice", onchange: () => loadHistogram(gen) }), "this slice only"),
+        el("label", {}, el("input", { type: "checkbox", id: "hist-log", onchange: () => loadHistogram(gen) }), "log counts")),
+      el("div", { class: "plot small", id: "hist-plot" }),
+      el("p", { class: "error-msg", id: "hist-error", role: "alert" })),
+    el("div", { class: "section", id: "slice-section" }, el("h4", {}, "Slice"), el("div", { id: "slice-controls" }),
+      el("div", { class: "plot", id: "heatmap" }), el("div", { class: "muted", id: "slice-info" }),
+      el("p", { class: "error-msg", id: "slice-error", role: "alert" })),
+    el("div", { class: "section", id: "edit-section" }),
+    el("div", { class: "section", id: "hex-section" }),
+  );
+  renderSliceControls();
+  initEditor(document.getElementById("edit-section"));
+  initHexView(document.getElementById("hex-section"));
+  refresh(root);
+}
+
+function kv(k, v) {
+  return [el("dt", {}, k), el("dd", {}, String(v))];
+}
+
+function setView(v) {
+  state.view = v;
+  document.querySelectorAll("#view-toggle button").forEach((b) => b.setAttribute("aria-pressed", String(b.textContent === v)));
+  emit("view", v);
+}
+
+function refresh() {
+  const g = gen;
+  const facts = document.querySelector("#focus-facts dd:last-of-type");
+  if (facts) facts.textContent = String(state.staged.get(focus.tensor.name) || 0);
+  loadStats(g);
+  loadHistogram(g);
+  loadSlice(g);
+  emit("focus-refresh");
+}
+
+// -- statistics ------------------------------------------------------------------------------------
+
+async function loadStats(g) {
+  const body = document.getElementById("stats-body");
+  const err = document.getElementById("stats-error");
+  clearError(err);
+  try {
+    const s = await api(`/api/tensor_stats/${tensorPath(focus.tensor.name)}`, { params: { view: state.view } });
+    if (g !== gen) return;
+    const rows = STAT_KEYS.filter((k) => k in s).map((k) => [k, k === "sparsity" ? `${(100 * s[k]).toFixed(3)}%` : fmtNum(s[k])]);
+    body.className = "";
+    setChildren(body, 
+      el("dl", { class: "kv" }, ...rows.flatMap(([k, v]) => kv(k.replace(/_/g, " "), v))),
+      el("div", { class: "mono muted", style: "margin-top:4px" },
+        Object.entries(s.percentiles || {}).map(([k, v]) => `${k} ${fmtNum(v)}`).join(" · ")),
+      s.of === "magnitude" ? el("div", { class: "muted" }, "complex values: statistics of |z|") : null,
+      focus.tensor.shape.length === 2
+        ? el("div", { class: "row" }, el("button", { id: "rank-btn", onclick: () => loadRank(g) }, "Numerical rank"), el("span", { id: "rank-out", class: "mono" }))
+        : null,
+      el("div", { class: "plot small", id: "rank-plot", hidden: true }),
+    );
+  } catch (e) {
+    if (g === gen) { body.textContent = ""; showError(e, err); }
+  }
+}
+
+async function loadRank(g) {
+  const out = document.getElementById("rank-out");
+  out.textContent = "computing…";
+  try {
+    const r = await api(`/api/tensor_rank/${tensorPath(focus.tensor.name)}`, { params: { view: state.view } });
+    if (g !== gen) return;
+    out.textContent = `rank ${r.rank}${r.rank_is_lower_bound ? "+" : ""} of ${r.max_rank} (${r.method}) · stable ${fmtNum(r.stable_rank)} · effective ${fmtNum(r.effective_rank)}`;
+    const plot = document.getElementById("rank-plot");
+    plot.hidden = false;
+    Plotly.react(plot, [{ y: r.singular_values, type: "scatter", mode: "lines", line: { color: cssVar("--accent") } }],
+      plotLayout({ yaxis: { type: "log", title: { text: "σ" } }, xaxis: { title: { text: "index" } } }), PLOT_CONFIG);
+  } catch (e) {
+    out.textContent = "";
+    showError(e, document.getElementById("stats-error"));
+  }
+}
+
+// -- histogram -------------------------------------------------------------------------------------
+
+async function loadHistogram(g) {
+  const err = document.getElementById("hist-error");
+  clearError(err);
+  const sliceOnly = document.getElementById("hist-slice").checked;
+  const params = { bins: 80, view: state.view, ...(sliceOnly && focus.slice.col !== null ? sliceParams() : {}) };
+  try {
+    const h = await api(`/api/tensor_histogram/${tensorPath(focus.tensor.name)}`, { params });
+    if (g !== gen) return;
+    const centers = h.edges.slice(0, -1).map((e, i) => (e + h.edges[i + 1]) / 2);
+    const logY = document.getElementById("hist-log").checked;
+    Plotly.react("hist-plot", [{ x: centers, y: h.counts, type: "bar", marker: { color: groupColor(focus.tensor.metadata_for_canvas.type_group) },
+      hovertemplate: "%{x:.4g}: %{y}<extra></extra>" }],
+    plotLayout({ bargap: 0, yaxis: { type: logY ? "log" : "linear" } }), PLOT_CONFIG);
+  } catch (e) {
+    if (g === gen) showError(e, err);
+  }
+}
+
+// -- slice ------------------------------------------------------------------------------------------
+
+function renderSliceControls() {
+  const box = document.getElementById("slice-controls");
+  const t = focus.tensor;
+  const s = focus.slice;
+  if (!t.shape.length) {
+    setChildren(box, el("span", { class: "muted" }, "a scalar: no dimensions to slice"));
+    return;
+  }
+  const dimOptions = (selected, exclude) => t.shape.map((n, d) =>
+    el("option", { value: d, selected: d === selected, disabled: d === exclude }, `dim ${d} (${n})`));
+  const rows = [];
+  if (t.shape.length >= 2) {
+    rows.push(el("div", { class: "row" },
+      el("label", {}, "rows", el("select", { id: "row-dim", onchange: (e) => swapDims(Number(e.target.value), s.col) }, ...dimOptions(s.row, s.col))),
+      el("label", {}, "cols", el("select", { id: "col-dim", onchange: (e) => swapDims(s.row, Number(e.target.value)) }, ...dimOptions(s.col, s.row)))));
+  }
+  t.shape.forEach((n, d) => {
+    if (d in s.ranges) {
+      const [a, b, st] = s.ranges[d];
+      rows.push(el("div", { class: "row" },
+        el("span", { class: "mono" }, `dim ${d}`),
+        el("label", {}, "from", el("input", { type: "number", min: 0, max: n - 1, value: a, "data-dim": d, "data-part": "0", id: `dim${d}-start` })),
+        el("label", {}, "to", el("input", { type: "number", min: 1, max: n, value: b, "data-dim": d, "data-part": "1", id: `dim${d}-end` })),
+        el("label", {}, "step", el("input", { type: "number", min: 1, value: st, "data-dim": d, "data-part": "2", id: `dim${d}-step` })),
+        el("span", { class: "muted" }, `of ${n}`)));
+    } else {
+      rows.push(el("div", { class: "row" },
+        el("span", { class: "mono" }, `dim ${d}`),
+        el("label", {}, "index", el("input", { type: "number", min: 0, max: n - 1, value: s.idx[d], "data-dim": d, "data-part": "idx", id: `dim${d}-idx` })),
+        el("span", { class: "muted" }, `of ${n}`)));
+    }
+  });
+  rows.push(el("div", { class: "row" },
+    el("button", { class: "primary", id: "slice-apply", onclick: applySliceInputs }, "Show slice"),
+    el("button", { onclick: () => { focus.slice = defaultSlice(t.shape); renderSliceControls(); loadSlice(gen); } }, "Reset"),
+    el("button", { id: "overview-btn", onclick: () => loadOverview(gen), title: "the whole tensor, block-averaged; click a block to open that window" }, "Overview"),
+    el("button", { onclick: () => pageSlice(1), title: "next window down" }, "↓"),
+    el("button", { onclick: () => pageSlice(-1), title: "previous window up" }, "↑")));
+  setChildren(box, ...rows);
+  box.querySelectorAll("input").forEach((i) => i.addEventListener("keydown", (e) => { if (e.key === "Enter") applySliceInputs(); }));
+}
+
+function swapDims(row, col) {
+  if (row === col) return;
+  const shape = focus.tensor.shape;
+  const s = { row, col, ranges: {}, idx: {} };
+  shape.forEach((n, d) => {
+    if (d === row || d === col) s.ranges[d] = focus.slice.ranges[d] || [0, Math.min(n, DEFAULT_WINDOW), 1];
+    else s.idx[d] = focus.slice.idx[d] ?? 0;
+  });
+  focus.slice = s;
+  focus.sel = null;
+  renderSliceControls();
+  loadSlice(gen);
+}
+
+function applySliceInputs() {
+  const s = focus.slice;
+  document.querySelectorAll("#slice-controls input[data-dim]").forEach((inp) => {
+    const d = Number(inp.dataset.dim), v = Number(inp.value);
+    if (inp.dataset.part === "idx") s.idx[d] = v;
+    else s.ranges[d][Number(inp.dataset.part)] = v;
+  });
+  focus.sel = null;
+  loadSlice(gen);
+}
+
+function pageSlice(direction) {
+  const s = focus.slice;
+  const d = s.row !== null ? s.row : s.col;
+  const n = focus.tensor.shape[d];
+  const [a, b, st] = s.ranges[d];
+  const w = b - a;
+  const na = Math.max(0, Math.min(n - w, a + direction * w));
+  s.ranges[d] = [na, na + w, st];
+  renderSliceControls();
+  focus.sel = null;
+  loadSlice(gen);
+}
+
+export async function loadSlice(g = gen) {
+  const err = document.getElementById("slice-error");
+  clearError(err);
+  const t = focus.tensor;
+  try {
+    const d = await api(`/api/tensor_slice/${tensorPath(t.name)}`, { params: { ...sliceParams(), view: state.view } });
+    if (g !== gen) return;
+    focus.data = d;
+    focus.overview = null;
+    drawHeatmap(d);
+    document.getElementById("slice-info").textContent =
+      `${d.slice_definition} · ${d.slice_shape.join("×") || "scalar"} · ${d.view} · range [${fmtNum(d.min_value_in_slice)}, ${fmtNum(d.max_value_in_slice)}]`
+      + (d.nonfinite_count ? ` · ${d.nonfinite_count} NaN/Inf (blank)` : "");
+    emit("slice-loaded", d);
+  } catch (e) {
+    if (g === gen) showError(e, err);
+  }
+}
+
+// The whole tensor seen as a matrix, block-averaged: for finding where to look in a big tensor.
+async function loadOverview(g) {
+  const err = document.getElementById("slice-error");
+  clearError(err);
+  const t = focus.tensor;
+  try {
+    const o = await api(`/api/tensor_overview/${tensorPath(t.name)}`, { params: { rows: 128, cols: 128, view: state.view } });
+    if (g !== gen) return;
+    const [nr, nc] = o.matrix_shape;
+    const [br, bc] = o.blocks;
+    const rowAt = (i) => Math.floor((i * nr) / br), colAt = (j) => Math.floor((j * nc) / bc);
+    const plot = document.getElementById("heatmap");
+    const lim = robustLimit(o.mean);
+    Plotly.react(plot, [{
+      type: "heatmap", z: o.mean, x: Array.from({ length: bc }, (_, j) => colAt(j)), y: Array.from({ length: br }, (_, i) => rowAt(i)),
+      zmin: -lim, zmax: lim, zmid: 0, colorscale: [[0, "#2f6fe4"], [0.5, cssVar("--panel-2")], [1, "#f08a3c"]],
+      hovertemplate: "rows from %{y}, cols from %{x}: block mean %{z}<extra></extra>", colorbar: { thickness: 10, outlinewidth: 0 },
+    }], plotLayout({ yaxis: { autorange: "reversed", title: { text: "rows (leading dims folded)" } }, xaxis: { title: { text: `dim ${t.shape.length - 1}` } }, margin: { l: 48, r: 8, t: 8, b: 36 } }), PLOT_CONFIG);
+    document.getElementById("slice-info").textContent =
+      `overview: ${br}×${bc} blocks of a ${nr}×${nc} matrix${o.sampled ? ` (rows sampled: ${o.rows_read} read)` : ""} · click a block to open it`;
+    focus.overview = { rowAt, colAt, br, bc, nr, nc };
+    emit("overview-loaded", o);
+  } catch (e) {
+    if (g === gen) showError(e, err);
+  }
+}
+
+// A click on an overview block opens the slice window around it (2-D tensors and up).
+function openBlock(y, x) {
+  const s = focus.slice;
+  const shape = focus.tensor.shape;
+  if (s.row === null || shape.length < 2) return;
+  const w = (d) => s.ranges[d][1] - s.ranges[d][0];
+  const rStart = Math.max(0, Math.min(shape[s.row] - w(s.row), y));
+  const cStart = Math.max(0, Math.min(shape[s.col] - w(s.col), x));
+  s.ranges[s.row] = [rStart, rStart + w(s.row), 1];
+  s.ranges[s.col] = [cStart, cStart + w(s.col), 1];
+  focus.overview = null;
+  renderSliceControls();
+  loadSlice(gen);
+}
+
+function axisValues(dim) {
+  const [a, , st] = focus.slice.ranges[dim];
+  const n = focus.data.slice_shape[focus.data.viewed_dims.indexOf(dim)];
+  return Array.from({ length: n }, (_, i) => a + i * st);
+}
+
+function drawHeatmap(d) {
+  const plot = document.getElementById("heatmap");
+  const s = focus.slice;
+  if (!d.slice_shape.length) {
+    Plotly.purge(plot);
+    plot.textContent = `value: ${fmtNum(d.data)}`;
+    return;
+  }
+  let z = d.data, xs = axisValues(s.col), ys = [0];
+  if (d.slice_shape.length === 2) ys = axisValues(s.row);
+  else z = [d.data];
+  if (d.dtype === "C64") z = z.map((row) => row.map((c) => Math.hypot(c[0], c[1])));
+  const hoverIdx = focus.tensor.shape.map((_, k) => (k === s.row ? "%{y}" : k === s.col ? "%{x}" : s.idx[k])).join(", ");
+  const lim = robustLimit(z);
+  const trace = {
+    type: "heatmap", z, x: xs, y: ys, zmin: -lim, zmax: lim, zmid: 0,
+    colorscale: [[0, "#2f6fe4"], [0.5, cssVar("--panel-2") || "#1b232e"], [1, "#f08a3c"]],
+    hovertemplate: `[${hoverIdx}] = %{z}<extra></extra>`, xgap: 0, ygap: 0,
+    colorbar: { thickness: 10, outlinewidth: 0, tickfont: { size: 10 } },
+  };
+  Plotly.react(plot, [trace], plotLayout({
+    yaxis: { autorange: "reversed", title: { text: s.row !== null ? `dim ${s.row}` : "" } },
+    xaxis: { title: { text: `dim ${s.col}` } },
+    shapes: selectionShapes(),
+    margin: { l: 48, r: 8, t: 8, b: 36 },
+  }), { ...PLOT_CONFIG, doubleClick: false });
+  if (!plot.__tsBound) {
+    plot.__tsBound = true;
+    plot.on("plotly_click", (ev) => {
+      const p = ev.points && ev.points[0];
+      if (!p) return;
+      if (focus.overview) {
+        if (focus.tensor.shape.length === 2) openBlock(p.y, p.x);
+        return;
+      }
+      const r = focus.data.slice_shape.length === 2 ? p.y : 0, c = p.x;
+      const shift = ev.event && ev.event.shiftKey;
+      if (shift && focus.anchor) {
+        focus.sel = { r0: Math.min(focus.anchor.r, r), r1: Math.max(focus.anchor.r, r), c0: Math.min(focus.anchor.c, c), c1: Math.max(focus.anchor.c, c) };
+      } else {
+        focus.anchor = { r, c };
+        focus.sel = { r0: r, r1: r, c0: c, c1: c };
+      }
+      Plotly.relayout(plot, { shapes: selectionShapes() });
+      emit("cell-selected", { ...focus.sel, value: p.z });
+    });
+  }
+}
+
+// Colour limit at the 99.5th percentile of |value|: one outlier should not wash out the rest
+// (values beyond it saturate; the hover still shows them exactly).
+function robustLimit(z) {
+  const a = [];
+  for (const row of z) for (const v of row) if (v !== null) a.push(Math.abs(v));
+  if (!a.length) return 1;
+  a.sort((x, y) => x - y);
+  return a[Math.min(a.length - 1, Math.floor(0.995 * a.length))] || a[a.length - 1] || 1;
+}
+
+function selectionShapes() {
+  const sel = focus.sel;
+  if (!sel) return [];
+  const stR = focus.slice.row !== null ? focus.slice.ranges[focus.slice.row][2] : 1;
+  const stC = focus.slice.ranges[focus.slice.col] ? focus.slice.ranges[focus.slice.col][2] : 1;
+  const single = focus.slice.row === null;
+  return [{
+    type: "rect", xref: "x", yref: "y", line: { color: cssVar("--selected"), width: 2 }, fillcolor: "rgba(0,0,0,0)",
+    x0: sel.c0 - stC / 2, x1: sel.c1 + stC / 2, y0: single ? -0.5 : sel.r0 - stR / 2, y1: single ? 0.5 : sel.r1 + stR / 2,
+  }];
+}
+
+// -- plotly ---------------------------------------------------------------------------------------
+
+export const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d", "toImage"] };
+
+export function plotLayout(extra = {}) {
+  const text = cssVar("--text"), grid = cssVar("--line");
+  const axis = (a = {}) => ({ gridcolor: grid, zerolinecolor: grid, color: text, ...a });
+  return {
+    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+    font: { color: text, size: 11 }, margin: { l: 44, r: 8, t: 6, b: 30 },
+    ...extra,
+    xaxis: axis(extra.xaxis), yaxis: axis(extra.yaxis),
+  };
+}

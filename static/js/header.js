@@ -1,0 +1,160 @@
+// Header: model status, open another model, save staged edits as a patch, export with progress,
+// theme.
+
+import { api } from "./api.js";
+import { currentEdits, refresh as refreshEdits } from "./edits.js";
+import { library } from "./patches.js";
+import { clearError, el, emit, fmtBytes, fmtNum, on, setChildren, showError, state } from "./state.js";
+
+export function initHeader(loadModel) {
+  document.getElementById("open-model-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const path = document.getElementById("open-model-path").value.trim();
+    if (!path) return;
+    try {
+      await api("/api/model", { method: "POST", body: { path } });
+      await loadModel();
+      document.getElementById("open-model-path").value = "";
+    } catch (err) {
+      showError(err);
+    }
+  });
+  document.getElementById("save-patch-btn").addEventListener("click", openSaveDialog);
+  document.getElementById("save-form").addEventListener("submit", savePatch);
+  document.getElementById("export-btn").addEventListener("click", openExportDialog);
+  document.getElementById("export-form").addEventListener("submit", startExport);
+  document.getElementById("theme-btn").addEventListener("click", () => {
+    const next = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+    setTheme(next);
+  });
+  setTheme(localStorage.getItem("ts-theme") || "dark");
+  on("model", renderStatus);
+}
+
+function setTheme(theme) {
+  document.documentElement.dataset.theme = theme;
+  localStorage.setItem("ts-theme", theme);
+  emit("theme", theme);
+}
+
+function renderStatus() {
+  const m = state.model;
+  document.getElementById("model-name").textContent = m.name;
+  document.title = `Tensor Surgery · ${m.name}`;
+  const dtypes = Object.entries(m.dtypes).map(([k, v]) => `${k}×${v}`).join(" ");
+  document.getElementById("model-facts").textContent =
+    `${fmtNum(m.tensor_count)} tensors · ${fmtBytes(m.total_bytes)} · ${dtypes} · ${m.shards > 1 ? `${m.shards} shards` : "1 file"}`;
+  document.getElementById("model-facts").title = m.path + (m.warnings.length ? `\n${m.warnings.join("\n")}` : "");
+  if (m.warnings.length) showError(new Error(m.warnings.join("; ")));
+}
+
+// -- save ---------------------------------------------------------------------------------------
+
+function openSaveDialog() {
+  const dlg = document.getElementById("save-dialog");
+  const edits = currentEdits();
+  clearError(document.getElementById("save-error"));
+  const box = document.getElementById("save-edit-choice");
+  setChildren(box, el("legend", {}, "Edits to include"), ...(edits.length ? edits.map((e) =>
+    el("label", {}, el("input", { type: "checkbox", name: "edit", value: e.id, checked: true }), ` #${e.id} ${e.description}`))
+    : [el("span", { class: "muted" }, "No staged edits to save.")]));
+  document.getElementById("save-confirm").disabled = !edits.length;
+  dlg.showModal();
+}
+
+async function savePatch(e) {
+  const dlg = document.getElementById("save-dialog");
+  if (e.submitter && e.submitter.value === "cancel") return;
+  e.preventDefault();
+  const form = e.target;
+  const ids = [...form.querySelectorAll('input[name="edit"]:checked')].map((i) => Number(i.value));
+  const all = ids.length === currentEdits().length;
+  try {
+    await api("/api/patches", { method: "POST", body: {
+      name: form.name.value.trim(), description: form.description.value, edit_ids: all ? null : ids,
+    } });
+    dlg.close();
+    form.reset();
+    emit("patches-changed");
+    document.querySelector('[data-tab="patches"]').click();
+  } catch (err) {
+    showError(err, document.getElementById("save-error"));
+  }
+}
+
+// -- export -------------------------------------------------------------------------------------
+
+function openExportDialog() {
+  const dlg = document.getElementById("export-dialog");
+  clearError(document.getElementById("export-error"));
+  document.getElementById("export-status").textContent = "";
+  document.getElementById("export-progress").hidden = true;
+  document.getElementById("export-confirm").disabled = false;
+  const box = document.getElementById("export-patch-choice");
+  setChildren(box, el("legend", {}, "then these library patches, in order"),
+    ...(library.length ? library.filter((p) => !p.error).map((p) =>
+      el("label", {}, el("input", { type: "checkbox", name: "patch", value: p.name }), ` ${p.name} — ${p.description || ""}`))
+      : [el("span", { class: "muted" }, "no patches in the library")]));
+  dlg.showModal();
+}
+
+async function startExport(e) {
+  if (e.submitter && e.submitter.value === "cancel") return;
+  e.preventDefault();
+  const form = e.target;
+  const err = document.getElementById("export-error");
+  clearError(err);
+  const body = {
+    out: form.out.value.trim() || null,
+    include_staged: form.include_staged.checked,
+    patches: [...form.querySelectorAll('input[name="patch"]:checked')].map((i) => i.value),
+    max_shard_size: form.max_shard_size.value.trim() || null,
+  };
+  const bar = document.getElementById("export-progress");
+  const status = document.getElementById("export-status");
+  try {
+    const { job } = await api("/api/export", { method: "POST", body });
+    document.getElementById("export-confirm").disabled = true;
+    bar.hidden = false;
+    bar.value = 0;
+    status.textContent = `exporting to ${job.description.replace(/^export \S+ to /, "")}…`;
+    followJob(job.id, (ev) => {
+      bar.value = ev.fraction || 0;
+      if (ev.type === "progress") status.textContent = `${(100 * (ev.fraction || 0)).toFixed(0)}% · ${fmtBytes(ev.done)} of ${fmtBytes(ev.total)}`;
+      if (ev.type === "done") {
+        bar.value = 1;
+        status.textContent = `done: ${ev.result.path} (${ev.result.files.join(", ")}) in ${ev.result.seconds} s`;
+        status.className = "export-status ok-msg";
+      }
+      if (ev.type === "error") {
+        showError(new Error(ev.error.message), err);
+        document.getElementById("export-confirm").disabled = false;
+      }
+    });
+  } catch (x) {
+    if (x.details && x.details.conflicts) {
+      showError(new Error(`${x.message}\n${x.details.conflicts.slice(0, 5).map((c) => c.message).join("\n")}`), err);
+    } else {
+      showError(x, err);
+    }
+  }
+}
+
+export function followJob(id, onEvent) {
+  const source = new EventSource(`/api/jobs/${id}/events`);
+  for (const type of ["progress", "done", "error"]) {
+    source.addEventListener(type, (m) => {
+      const ev = JSON.parse(m.data);
+      onEvent(ev);
+      if (type !== "progress") source.close();
+    });
+  }
+  source.onerror = () => {
+    // the stream ended or broke: ask once for the final state
+    source.close();
+    api(`/api/jobs/${id}`).then((j) => j.state !== "running" && onEvent({ type: j.state, ...j })).catch(() => {});
+  };
+  return source;
+}
+
+export { refreshEdits };

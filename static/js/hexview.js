@@ -1,0 +1,108 @@
+// Hex view of the selected region: the bytes as stored (little-endian) and each element decoded.
+// Bytes are editable: changed ones are previewed as a write_hex edit, then staged.
+
+import { api, tensorPath } from "./api.js";
+import { preview } from "./editor.js";
+import { focus, fullIndex } from "./focus.js";
+import { clearError, el, fmtNum, on, setChildren, showError, state } from "./state.js";
+
+const ELEMENTS = 16;
+let current = null; // last hex answer
+
+export function initHexView(root) {
+  setChildren(root, 
+    el("h4", {}, "Bytes"),
+    el("div", { class: "row" },
+      el("label", {}, "from element", el("input", { type: "number", min: 0, id: "hex-element", value: 0 })),
+      el("button", { onclick: () => load(Number(document.getElementById("hex-element").value)) }, "Show"),
+      el("button", { id: "hex-preview", onclick: previewHex, title: "preview the changed bytes as an edit" }, "Preview byte edit")),
+    el("div", { id: "hex-body" }),
+    el("p", { class: "error-msg", id: "hex-error", role: "alert" }),
+  );
+  load(0);
+}
+
+function flatIndex(index) {
+  const shape = focus.tensor.shape;
+  return index.reduce((acc, v, d) => acc * shape[d] + v, 0);
+}
+
+on("cell-selected", (sel) => {
+  if (!document.getElementById("hex-body")) return;
+  const flat = flatIndex(fullIndex(sel.r0, sel.c0));
+  document.getElementById("hex-element").value = flat;
+  load(flat);
+});
+on("view", () => document.getElementById("hex-body") && load(Number(document.getElementById("hex-element").value)));
+on("focus-refresh", () => document.getElementById("hex-body") && load(Number(document.getElementById("hex-element").value)));
+
+async function load(element) {
+  const body = document.getElementById("hex-body");
+  const err = document.getElementById("hex-error");
+  clearError(err);
+  const name = focus.tensor.name;
+  try {
+    const h = await api(`/api/tensor_hex/${tensorPath(name)}`, { params: { element, count: ELEMENTS, view: state.view } });
+    if (!focus.tensor || focus.tensor.name !== name) return;
+    current = h;
+    setChildren(body, render(h));
+  } catch (e) {
+    setChildren(body);
+    showError(e, err);
+  }
+}
+
+function render(h) {
+  const bytes = h.hex.match(/../g) || [];
+  const rows = [];
+  if (h.elements.length) {
+    for (const e of h.elements) {
+      const cells = [];
+      for (let b = e.byte_offset; b < e.byte_offset + e.byte_length; b++) {
+        const k = b - h.offset;
+        if (k >= 0 && k < bytes.length) cells.push(byteInput(bytes[k], b));
+      }
+      rows.push(el("tr", {},
+        el("td", {}, `[${e.index.join(",")}]`), el("td", { class: "muted" }, e.byte_offset),
+        el("td", { class: "byte" }, ...cells), el("td", { class: "muted" }, `0x${e.bits_hex}`), el("td", {}, fmtNum(e.value))));
+    }
+  } else {
+    bytes.forEach((b, k) => rows.push(el("tr", {}, el("td", {}, ""), el("td", { class: "muted" }, h.offset + k),
+      el("td", { class: "byte" }, byteInput(b, h.offset + k)), el("td", {}, ""), el("td", {}, ""))));
+  }
+  return el("div", {},
+    h.note ? el("p", { class: "muted" }, h.note) : null,
+    el("table", { class: "hexdump", id: "hex-table" },
+      el("tr", {}, ...["index", "byte", "bytes (file order)", "bits", "value"].map((t) => el("th", {}, t))),
+      ...rows),
+    el("div", { class: "muted" }, `${h.view} · ${h.dtype} · bytes ${h.offset}..${h.offset + h.length} of ${fmtNum(h.nbytes)}`));
+}
+
+function byteInput(hex, offset) {
+  const i = el("input", { value: hex, maxlength: 2, "data-offset": offset, "data-orig": hex, "aria-label": `byte ${offset}` });
+  i.addEventListener("input", () => i.classList.toggle("changed", i.value.toUpperCase() !== i.dataset.orig));
+  return i;
+}
+
+function previewHex() {
+  const err = document.getElementById("hex-error");
+  clearError(err);
+  if (!current) return;
+  const inputs = [...document.querySelectorAll("#hex-table input[data-offset]")];
+  const changed = inputs.filter((i) => i.value.toUpperCase() !== i.dataset.orig);
+  if (!changed.length) {
+    showError(new Error("change a byte first"), err);
+    return;
+  }
+  if (!changed.every((i) => /^[0-9a-fA-F]{2}$/.test(i.value))) {
+    showError(new Error("each byte must be two hex digits"), err);
+    return;
+  }
+  const offsets = changed.map((i) => Number(i.dataset.offset));
+  const lo = Math.min(...offsets), hi = Math.max(...offsets);
+  const byOffset = new Map(inputs.map((i) => [Number(i.dataset.offset), i.value]));
+  let hex = "";
+  for (let b = lo; b <= hi; b++) hex += byOffset.get(b);
+  preview({ tensor_name: focus.tensor.name, op: "write_hex", offset: lo, hex });
+  document.getElementById("edit-section").scrollIntoView({ block: "nearest" });
+}

@@ -1,0 +1,140 @@
+// The patch manager: the library with descriptions; load (with the verification report), save,
+// annotate, download, upload, invert and delete.
+
+import { api } from "./api.js";
+import { refresh as refreshEdits } from "./edits.js";
+import { clearError, el, emit, fmtBytes, fmtNum, on, setChildren, showError } from "./state.js";
+
+export let library = [];
+
+export function initPatches() {
+  const root = document.getElementById("tab-patches");
+  const upload = el("input", { type: "file", accept: ".hexpatch,application/json", id: "patch-upload", hidden: true, onchange: uploadFile });
+  setChildren(root, 
+    el("div", { class: "row" },
+      el("button", { class: "primary", onclick: () => document.getElementById("save-patch-btn").click() }, "Save staged edits…"),
+      el("button", { onclick: () => upload.click() }, "Upload .hexpatch…"), upload,
+      el("button", { onclick: refresh, title: "reload the list" }, "⟳")),
+    el("p", { class: "error-msg", id: "patches-error", role: "alert" }),
+    el("div", { id: "patch-report" }),
+    el("ul", { class: "list", id: "patch-list" }),
+  );
+  on("model", refresh);
+  on("patches-changed", refresh);
+}
+
+export async function refresh() {
+  try {
+    library = (await api("/api/patches")).patches;
+  } catch (e) {
+    showError(e, document.getElementById("patches-error"));
+    return;
+  }
+  const list = document.getElementById("patch-list");
+  if (!library.length) {
+    setChildren(list, el("li", { class: "muted" }, "No patches yet. Stage edits, then save them as a patch."));
+  } else {
+    setChildren(list, ...library.map(renderItem));
+  }
+  emit("library", library);
+}
+
+function renderItem(p) {
+  const desc = el("div", { class: "desc" }, p.description || el("span", { class: "muted" }, "(no description)"));
+  return el("li", { "data-patch": p.name },
+    el("div", { class: "mono" }, p.name),
+    desc,
+    p.error ? el("div", { class: "error-msg" }, p.error)
+      : el("div", { class: "meta" }, `${fmtNum(p.entries)} entries · ${fmtNum(p.changed_bytes)} bytes · ${p.tensors.length} tensor(s) · ${fmtBytes(p.size)} · ${new Date(p.modified * 1000).toLocaleString()}`),
+    el("div", { class: "actions" },
+      el("button", { class: "primary", onclick: () => load(p.name), disabled: !!p.error }, "Load"),
+      el("button", { onclick: () => verify(p.name), disabled: !!p.error }, "Verify"),
+      el("button", { onclick: () => annotate(p, desc) }, "Annotate"),
+      el("a", { class: "btn", href: `/api/patches/${encodeURIComponent(p.name)}/download`, download: p.name }, "Download"),
+      el("button", { onclick: () => invert(p.name), disabled: !!p.error }, "Invert"),
+      el("button", { class: "danger", onclick: () => remove(p.name) }, "Delete")));
+}
+
+function report(title, conflicts, ok) {
+  const box = document.getElementById("patch-report");
+  setChildren(box, el("div", { class: "preview", id: "verify-report" },
+    el("div", { class: ok ? "ok-msg" : "error-msg" }, title),
+    conflicts && conflicts.length ? el("div", { class: "conflicts" }, ...conflicts.slice(0, 200).map((c) =>
+      el("div", {}, `• ${c.message}${c.actual_hex ? ` (expected ${c.expected_hex}, found ${c.actual_hex})` : ""}`))) : null,
+    conflicts && conflicts.length > 200 ? el("div", { class: "muted" }, `… ${conflicts.length - 200} more`) : null));
+}
+
+async function verify(name) {
+  clearError(document.getElementById("patches-error"));
+  try {
+    const r = await api(`/api/patches/${encodeURIComponent(name)}/verify`, { method: "POST" });
+    report(r.ok ? `${name} applies cleanly (${r.entries} entries)` : `${name}: ${r.conflicts.length} conflict(s)`, r.conflicts, r.ok);
+    return r;
+  } catch (e) {
+    showError(e, document.getElementById("patches-error"));
+    return null;
+  }
+}
+
+async function load(name) {
+  clearError(document.getElementById("patches-error"));
+  try {
+    const r = await api(`/api/patches/${encodeURIComponent(name)}/load`, { method: "POST" });
+    report(`loaded into staging: ${r.edit.description}`, [], true);
+    await refreshEdits(r.edit.tensor_names);
+  } catch (e) {
+    if (e.details && e.details.conflicts) report(`${name} was not loaded: ${e.details.conflicts.length} conflict(s), nothing staged`, e.details.conflicts, false);
+    else showError(e, document.getElementById("patches-error"));
+  }
+}
+
+function annotate(p, descNode) {
+  const ta = el("textarea", { rows: 3, style: "width:100%" });
+  ta.value = p.description || "";
+  const save = el("button", { class: "primary", onclick: async () => {
+    try {
+      await api(`/api/patches/${encodeURIComponent(p.name)}`, { method: "PATCH", body: { description: ta.value } });
+      await refresh();
+    } catch (e) {
+      showError(e, document.getElementById("patches-error"));
+    }
+  } }, "Save description");
+  setChildren(descNode, ta, el("div", { class: "row" }, save, el("button", { onclick: refresh }, "Cancel")));
+  ta.focus();
+}
+
+async function invert(name) {
+  const out = prompt("Name of the inverse patch", name.replace(/\.hexpatch$/, "") + "-inverse");
+  if (!out) return;
+  try {
+    await api(`/api/patches/${encodeURIComponent(name)}/invert`, { method: "POST", body: { out_name: out } });
+    await refresh();
+  } catch (e) {
+    showError(e, document.getElementById("patches-error"));
+  }
+}
+
+async function remove(name) {
+  if (!confirm(`Delete ${name} from the library?`)) return;
+  try {
+    await api(`/api/patches/${encodeURIComponent(name)}`, { method: "DELETE" });
+    await refresh();
+  } catch (e) {
+    showError(e, document.getElementById("patches-error"));
+  }
+}
+
+async function uploadFile(ev) {
+  const file = ev.target.files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file);
+  form.append("name", file.name);
+  try {
+    await api("/api/patches/upload", { method: "POST", body: form });
+    await refresh();
+  } catch (e) {
+    showError(e, document.getElementById("patches-error"));
+  }
+  ev.target.value = "";
+}
