@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         1e-8, ge=0, description="|x| at or below this counts as zero in sparsity statistics."
     )
     stats_cache_mb: int = Field(256, ge=0, description="Memory for cached statistics, in MB.")
+    live_device: str = Field("auto", description="Device for the live model: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps.")
+    live_max_prompt_tokens: int = Field(
+        256, ge=1, le=32768, description="Longer prompts are cut to their last tokens, with a notice."
+    )
+    live_top_k: int = Field(10, ge=1, le=100, description="Tokens shown in the live logits chart.")
+    live_prompt: str = Field("The capital of France is", description="The live view's first prompt.")
 
     @field_validator("allowed_roots", mode="before")
     @classmethod

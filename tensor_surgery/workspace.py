@@ -103,6 +103,7 @@ class Workspace:
         self.current: Model | None = None
         self.open_error: SurgeryError | None = None
         self.overlay_provider: OverlayProvider | None = None
+        self.switch_listeners: list[Callable[[], None]] = []  # told when the current model changes
         self.cache = LRUCache(settings.stats_cache_mb << 20)
         self._listings: dict[str, bytes] = {}
         self._lock = threading.RLock()
@@ -122,8 +123,12 @@ class Workspace:
                 self.models[key] = model
                 self.models[os.path.realpath(model.path)] = model
             if make_current:
+                switched = self.current is not model
                 self.current = model
                 self.open_error = None
+                if switched:
+                    for fn in self.switch_listeners:
+                        fn()
             return model
 
     def open_default(self) -> None:

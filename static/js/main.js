@@ -6,6 +6,7 @@ import { initEdits, refresh as refreshEdits } from "./edits.js";
 import { initFilter } from "./filter.js";
 import { initFocus } from "./focus.js";
 import { initHeader } from "./header.js";
+import { initLive } from "./live.js";
 import { initPatches, refresh as refreshPatches } from "./patches.js";
 import { emit, on, select, showError, state } from "./state.js";
 
@@ -41,11 +42,12 @@ export async function loadModel() {
 }
 
 initTabs();
-initCanvas();
+const canvasView = initCanvas();
 initFocus();
 initEdits();
 initPatches();
 initFilter();
 initHeader(loadModel);
+initLive();
 loadModel();
-window.__ts = { state, select }; // handy in the console and for browser tests
+window.__ts = { state, select, canvas: canvasView }; // handy in the console and for browser tests

@@ -82,6 +82,18 @@ class Staging:
         self._changed(model, "edit")
         return computed, staged
 
+    def stage_runs(self, model: Model, description: str, spec: dict, runs: list[ByteRun]) -> StagedEdit:
+        """Stage byte runs computed elsewhere (e.g. a merged LoRA) against the current staged state."""
+        with self._lock(model):
+            current = self.current_bytes(model)
+            for r in runs:
+                if current(r.tensor_name, r.offset, len(r.original)) != r.original:
+                    raise Conflict(f"{r.tensor_name!r} changed at byte {r.offset} while the edit was computed; try again",
+                                   tensor=r.tensor_name)
+            staged = self.journal.stage(model_key(model), description=description, spec=spec, runs=runs)
+        self._changed(model, "stage_runs")
+        return staged
+
     def edits(self, model: Model) -> list[StagedEdit]:
         return self.journal.edits(model_key(model))
 

@@ -17,7 +17,8 @@ from ..surgery.journal import Journal
 from ..surgery.library import PatchLibrary
 from ..surgery.staging import Staging
 from ..workspace import Workspace
-from . import routes_edits, routes_export, routes_model, routes_pages, routes_patches, routes_tensors
+from ..live.service import LiveService
+from . import routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
 
@@ -28,6 +29,8 @@ ROUTERS = [
     routes_edits.router,
     routes_patches.router,
     routes_export.router,
+    routes_live.router,
+    routes_live.ws_router,
 ]
 
 DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.
@@ -52,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         workspace.open_default()
         yield
+        app.state.live.close()
         workspace.close()
         journal.close()
 
@@ -62,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.staging = staging
     app.state.library = PatchLibrary(settings.patch_dir)
     app.state.jobs = JobRunner()
+    app.state.live = LiveService(workspace, staging, settings)
+    workspace.switch_listeners.append(app.state.live.model_switched)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 
 from ..jobs import JobRunner
+from ..live.service import LiveService
 from ..settings import Settings
 from ..store import Model
 from ..surgery.library import PatchLibrary
@@ -38,10 +39,15 @@ def get_jobs(request: Request) -> JobRunner:
     return request.app.state.jobs
 
 
+def get_live(request: Request):
+    return request.app.state.live
+
+
 WorkspaceDep = Annotated[Workspace, Depends(get_workspace)]
 StagingDep = Annotated[Staging, Depends(get_staging)]
 LibraryDep = Annotated[PatchLibrary, Depends(get_library)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+LiveDep = Annotated[LiveService, Depends(get_live)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelDep = Annotated[Model, Depends(get_model)]
 ViewParam = Annotated[
