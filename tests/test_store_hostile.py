@@ -268,6 +268,12 @@ def test_changed_file_raises_model_changed(tmp_path: Path, change: str, read_fir
     elif change == "append":
         with open(path, "ab") as f:
             f.write(b"\0" * 8)
+    if read_first and change in ("replace", "delete"):
+        # the mapped file itself is intact (a valid, stale map): its path is re-checked at most
+        # every PATH_CHECK_INTERVAL seconds, so the change shows up within that time
+        from tensor_surgery.store.model import PATH_CHECK_INTERVAL
+
+        time.sleep(PATH_CHECK_INTERVAL + 0.05)
 
     for read in (
         lambda: reader.read_values((slice(0, 4096),)),

@@ -53,6 +53,16 @@ class DType:
             raise self.undecodable()
         return self.numpy.newbyteorder("<") if self.numpy.itemsize > 1 else self.numpy
 
+    @cached_property
+    def unit(self) -> tuple[int, int]:
+        """(bytes, elements) of the smallest whole storage unit: F4 packs 2 elements in a byte,
+        F6 packs 4 in 3 bytes, every other dtype is one element of itemsize bytes."""
+        if self.name == "F4":
+            return 1, 2
+        if self.bits == 6:
+            return 3, 4
+        return self.itemsize, 1
+
     def nbytes(self, numel: int) -> int:
         """Bytes taken by `numel` elements (caller checks bit alignment for packed dtypes)."""
         return numel * self.bits // 8

@@ -131,11 +131,12 @@ def loads_unique(text: str):
     """`json.loads` that refuses what `_no_duplicates` refuses (duplicate keys, unpaired surrogates).
 
     That hook runs for every object and checks every string: more than half the time of opening
-    a 90k-tensor model. So text of the usual shape is parsed plainly and checked in bulk instead. Outside strings a ':' only
-    separates a key from its value, so when the text holds exactly as many colons as the parsed
-    objects of the top two levels hold keys, no key was collapsed (and nothing is nested deeper);
-    with no backslash in the text, no string holds an escape, so none holds a surrogate. Anything
-    else (or invalid JSON) is parsed again with the hook, which raises what it always raised.
+    a 90k-tensor model. So text of the usual shape is parsed plainly and checked in bulk instead.
+    Outside strings a ':' only separates a key from its value, so when the text holds exactly as
+    many colons as the parsed objects of the top two levels hold keys, no key was collapsed (and
+    nothing is nested deeper); with no backslash in the text, no string holds an escape, so none
+    holds a surrogate. Anything else (or invalid JSON) is parsed again with the hook, which
+    raises what it always raised.
     """
     if "\\" not in text:  # one character: a memchr, where "\\u" would take a slow substring search
         try:

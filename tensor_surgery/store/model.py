@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..errors import InvalidModelFile, ModelChanged, ModelNotFound, TensorNotFou
 from .header import Header, TensorInfo, read_header
 
 MAX_INDEX_SIZE = 100_000_000
+PATH_CHECK_INTERVAL = 0.5  # seconds between checks that the path still names the mapped file
 _SHARD_NAME = re.compile(r"^(?P<prefix>.+)-\d{5}-of-(?P<total>\d{5})\.safetensors$")
 
 
@@ -74,7 +76,10 @@ class SafetensorsFile:
             self.header: Header = read_header(self.path, f)
         self._mm: mmap.mmap | None = None
         self._bytes: np.ndarray | None = None  # the whole map as uint8; tensors are slices of it
+        self._views: dict[str, np.ndarray] = {}  # tensor -> shaped view of its bit patterns
         self._fd: int | None = None
+        self._path_checked = 0.0  # monotonic time of the last stat of the path
+        self._stale = False
         self._lock = threading.Lock()
 
     @property
@@ -86,16 +91,37 @@ class SafetensorsFile:
         return self.header.data_start
 
     def check_unchanged(self) -> None:
-        # Both the open file (truncated or rewritten in place) and the path (replaced by a
-        # rename, as writers do): the old mapping stays readable then, but it is stale.
-        # One stat of the path covers both: the mapped file was checked to be the inode in
-        # `identity` (which cannot be reused while it is held open), so if the path still
-        # shows that inode with the same size and mtime, an fstat of it would show them too.
-        try:
-            changed = _identity(os.stat(self.path)) != self.identity
-        except OSError:
-            changed = True
+        """Refuse to read a file that changed on disk since it was validated.
+
+        Two different dangers, checked at two different costs:
+        - the mapped file itself truncated or rewritten in place: reading a truncated map kills
+          the process with SIGBUS, so every read first fstats the mapped descriptor (~1 us);
+        - the path replaced by a rename (as writers do): the old map stays valid memory, only
+          stale, so the path is stat'ed at most every PATH_CHECK_INTERVAL seconds (~2 us each,
+          which would double the cost of a small slice read).
+        """
+        if self._fd is not None and not self._stale:
+            # fast path, taken by nearly every read: the mapped file is unchanged and the path
+            # was checked recently (its inode and device cannot change under an open fd)
+            st = os.fstat(self._fd)
+            if (st.st_size == self.identity[0] and st.st_mtime_ns == self.identity[1]
+                    and time.monotonic() - self._path_checked < PATH_CHECK_INTERVAL):
+                return
+        changed = self._stale
+        if not changed:
+            try:
+                if self._fd is None:
+                    changed = _identity(os.stat(self.path)) != self.identity
+                else:
+                    changed = _identity(os.fstat(self._fd)) != self.identity
+                    now = time.monotonic()
+                    if not changed and now - self._path_checked >= PATH_CHECK_INTERVAL:
+                        self._path_checked = now
+                        changed = _identity(os.stat(self.path)) != self.identity
+            except OSError:
+                changed = True
         if changed:
+            self._stale = True  # once seen changed, every later read refuses too
             raise ModelChanged(
                 f"{self.path} changed on disk after it was opened; reopen the model to read it",
                 file=self.path,
@@ -140,8 +166,21 @@ class SafetensorsFile:
         start = self.header.data_start + info.begin
         return self._bytes[start : start + info.nbytes]
 
+    def pattern_view(self, info: TensorInfo) -> np.ndarray:
+        """Zero-copy view of a byte-aligned tensor's bit patterns in its shape, built once per
+        tensor: slicing, viewing and reshaping the map on every read costs a third of a small read."""
+        view = self._views.get(info.name)
+        if view is None:
+            raw = self.tensor_bytes(info)
+            view = raw.view(info.dtype.storage).reshape(info.shape)
+            self._views[info.name] = view
+        else:
+            self.check_unchanged()
+        return view
+
     def close(self) -> None:
         with self._lock:
+            self._views.clear()
             self._bytes = None
             if self._mm is not None:
                 try:
@@ -184,18 +223,6 @@ class TensorRef:
 
     def raw(self) -> np.ndarray:
         return self.file.tensor_bytes(self.info)
-
-
-# TensorRef(info, file) in half the time, for the bulk of opening a model (see header._make_info)
-_set_info, _set_file = TensorRef.info.__set__, TensorRef.file.__set__
-assert tuple(TensorRef.__dataclass_fields__) == ("info", "file")
-
-
-def _make_ref(info: TensorInfo, file: SafetensorsFile) -> TensorRef:
-    ref = object.__new__(TensorRef)
-    _set_info(ref, info)
-    _set_file(ref, file)
-    return ref
 
 
 @dataclass
@@ -311,7 +338,7 @@ def open_model(path: str | os.PathLike, guard: PathGuard | None = None) -> Model
         if resolved.endswith(".json"):
             return _open_sharded(resolved, guard)
         f = SafetensorsFile(resolved)
-        tensors = {name: _make_ref(info, f) for name, info in f.tensors.items()}
+        tensors = {name: TensorRef(info, f) for name, info in f.tensors.items()}
         return Model(resolved, "file", [f], tensors, dict(f.header.metadata))
 
 
@@ -426,7 +453,7 @@ def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
                 # The usual case, checked in bulk: the shard holds exactly what the index puts in
                 # it. That also rules out a tensor stored in two shards (the index names one).
                 for name, info in f.tensors.items():
-                    tensors[name] = _make_ref(info, f)
+                    tensors[name] = TensorRef(info, f)
                 continue
             for name, info in f.tensors.items():
                 if name in tensors:

@@ -24,14 +24,12 @@ Run = tuple[int, bytes]
 
 def unit_of(dtype: DType) -> tuple[int, int]:
     """(bytes, elements) of the smallest whole storage unit of a dtype."""
-    if dtype.name == "F4":
-        return 1, 2
-    if dtype.bits == 6:
-        return 3, 4
-    return dtype.itemsize, 1
+    return dtype.unit
 
 
 class TensorReader:
+    __slots__ = ("ref", "cache_token", "dtype", "shape", "numel", "unit_bytes", "unit_elems", "_segments", "_seg_starts")
+
     def __init__(self, ref: TensorRef, runs: Sequence[Run] = (), cache_token=None) -> None:
         self.ref = ref
         # names the overlay for caches: whoever supplies runs supplies a token that changes with them
@@ -39,9 +37,12 @@ class TensorReader:
         self.dtype = ref.dtype
         self.shape = ref.shape
         self.numel = ref.numel
-        self.unit_bytes, self.unit_elems = unit_of(self.dtype)
-        self._segments = self._merge(runs) if runs else []
-        self._seg_starts = [s for s, _ in self._segments]
+        self.unit_bytes, self.unit_elems = self.dtype.unit
+        if runs:
+            self._segments = self._merge(runs)
+            self._seg_starts = [s for s, _ in self._segments]
+        else:  # the common case, kept cheap: a small slice read is a few microseconds in all
+            self._segments = self._seg_starts = ()
 
     @property
     def staged(self) -> bool:
@@ -114,8 +115,9 @@ class TensorReader:
 
     def patterns_view(self) -> np.ndarray:
         """Zero-copy view of the base bit patterns in the tensor's shape (byte-aligned dtypes)."""
-        raw = self.ref.raw()
-        return raw.view(self.dtype.storage).reshape(self.shape)
+        if self.ref.nbytes == 0:
+            return np.zeros(self.shape, dtype=self.dtype.storage)
+        return self.ref.file.pattern_view(self.ref.info)
 
     def chunk_patterns(self, start: int, stop: int) -> np.ndarray:
         """Bit patterns of flat elements [start, stop), overlay applied (copy only if needed)."""
@@ -147,7 +149,9 @@ class TensorReader:
             out = np.array(self.patterns_view()[index])
             self._overlay_elements(out, flat)
             return out
-        return np.array(self.patterns_view()[index])
+        if self.ref.info.begin == self.ref.info.end:
+            return np.array(self.patterns_view()[index])
+        return np.array(self.ref.file.pattern_view(self.ref.info)[index])
 
     def _flat_indices(self, index: tuple) -> np.ndarray:
         if not self.shape:
@@ -195,6 +199,10 @@ class TensorReader:
         return patterns.view(self.dtype.element)
 
     def read_values(self, index: tuple) -> np.ndarray:
+        dt = self.dtype
+        if not self._segments and not dt.packed and self.ref.info.end > self.ref.info.begin:
+            # the viewer's hot path: one copy out of the cached view, then a dtype view
+            return np.array(self.ref.file.pattern_view(self.ref.info)[index]).view(dt.element)
         return self.decode(self.read_patterns(index))
 
     def values_view(self) -> np.ndarray:

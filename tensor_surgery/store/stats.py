@@ -523,3 +523,90 @@ def _randomized_singular_values(x: np.ndarray, k: int, oversample: int, power_it
         q, _ = np.linalg.qr(x @ z)
     b = q.T @ x
     return np.linalg.svd(b, compute_uv=False)[:k]
+
+
+# -- tails: kurtosis and saturation -------------------------------------------------------------
+
+
+def saturation_bounds(dtype: DType) -> tuple[float, float] | None:
+    """The extreme finite values of a dtype (lowest, highest), or None where saturation means nothing.
+
+    Unsigned dtypes (and E8M0, which has no sign) saturate at the top only: both bounds are the top.
+
+    A value sitting exactly there is "saturated": what an overflowing cast clamps to, or a
+    weight someone pinned at the limit. Complex tensors (described by magnitude) and BOOL have none.
+    """
+    if not dtype.decodable or dtype.kind in ("complex", "bool"):
+        return None
+    if dtype.kind == "uint":  # 0 is an ordinary value, not a limit
+        hi = float(np.iinfo(dtype.numpy).max)
+        return hi, hi
+    if dtype.kind == "int":
+        info = np.iinfo(dtype.numpy)
+        return float(info.min), float(info.max)
+    if uses_table(dtype):
+        table = value_table(dtype)
+        hi = float(np.max(np.abs(table[np.isfinite(table)])))
+    else:
+        hi = float(np.finfo(dtype.numpy).max)
+    return (hi if dtype.name == "F8_E8M0" else -hi), hi  # E8M0 holds no negative values
+
+
+def tail_stats(
+    reader: TensorReader,
+    stats: dict,
+    counts: PatternCounts | None = None,
+    *,
+    chunk_elems: int = CHUNK_ELEMS,
+    progress: Progress | None = None,
+) -> dict:
+    """Excess kurtosis and saturated values of a whole tensor, beside `tensor_stats`.
+
+    Reuses what `tensor_stats` returned (its mean, variance and, for <= 16-bit dtypes, the
+    pattern counts, so nothing is read again); other dtypes take one streaming pass for the
+    fourth central moment. Kurtosis is Fisher's (a normal distribution gives 0.0), over the
+    finite values; None when they have no variance or the moment overflows float64.
+    """
+    dt = reader.dtype
+    if not dt.decodable:
+        raise dt.undecodable()
+    bounds = saturation_bounds(dt)
+    mean, var = stats.get("mean"), stats.get("var")
+    n = stats.get("finite_count") or 0
+    m4_sum = 0.0
+    saturated = 0
+    if counts is not None:
+        values = value_table(dt)[: len(counts.counts)]
+        present = np.flatnonzero(counts.counts > 0)
+        c, v = counts.counts[present], values[present]
+        fin = np.isfinite(v)
+        c, v = c[fin], v[fin]
+        if mean is not None and n:
+            with np.errstate(over="ignore", invalid="ignore"):
+                m4_sum = float(np.dot(c, (v - mean) ** 4))
+        if bounds is not None:
+            saturated = int(c[(v == bounds[0]) | (v == bounds[1])].sum())
+    else:
+        done = 0
+        for x in _values_chunks(reader, chunk_elems):
+            done += x.size
+            if x.dtype.kind == "f":
+                x = x[np.isfinite(x)]
+            if bounds is not None:
+                saturated += int(np.count_nonzero((x == bounds[0]) | (x == bounds[1])))
+            if mean is not None and x.size:
+                d = x.astype(np.float64) - mean
+                d *= d
+                with np.errstate(over="ignore", invalid="ignore"):
+                    m4_sum += float(np.dot(d, d))
+            if progress:
+                progress(done, reader.numel)
+    kurtosis = None
+    if n and var and var > 0 and math.isfinite(m4_sum):
+        k = (m4_sum / n) / (var * var) - 3.0
+        kurtosis = k if math.isfinite(k) else None
+    return {
+        "kurtosis": kurtosis,
+        "saturated_count": saturated,
+        "saturation_value": None if bounds is None else bounds[1],
+    }
