@@ -20,8 +20,9 @@ from ..store import Model
 FORMAT = "hexpatch"
 VERSION = 1
 MAX_PATCH_BYTES = 512 * 1024 * 1024  # a patch file larger than this is refused before parsing
-_HEX = re.compile(r"^[0-9A-Fa-f]*$")
-_SHA = re.compile(r"^sha256:[0-9a-f]{64}$")
+# fullmatch, not `$`: "$" also matches before a trailing newline ("ABC\n" would pass as hex)
+_HEX = re.compile(r"[0-9A-Fa-f]*")
+_SHA = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class InvalidPatch(SurgeryError):
@@ -147,14 +148,14 @@ def loads(data: bytes | str, source: str = "patch") -> HexPatch:
     if not isinstance(description, str):
         raise InvalidPatch(f"{source}: description must be a string", file=source, field="description")
     checksum = obj.get("base_model_checksum")
-    if checksum is not None and (not isinstance(checksum, str) or not _SHA.match(checksum.lower())):
+    if checksum is not None and (not isinstance(checksum, str) or not _SHA.fullmatch(checksum.lower())):
         raise InvalidPatch(
             f"{source}: base_model_checksum must be 'sha256:' and 64 hex digits",
             file=source, field="base_model_checksum",
         )
     tchecks = obj.get("tensor_checksums") or {}
     if not isinstance(tchecks, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and _SHA.match(v.lower()) for k, v in tchecks.items()
+        isinstance(k, str) and isinstance(v, str) and _SHA.fullmatch(v.lower()) for k, v in tchecks.items()
     ):
         raise InvalidPatch(
             f"{source}: tensor_checksums must map tensor names to 'sha256:<64 hex>'",
@@ -190,7 +191,7 @@ def _entry(source: str, i: int, e) -> PatchEntry:
     blobs = {}
     for key in ("original_hex", "new_hex"):
         h = e.get(key)
-        if not isinstance(h, str) or not _HEX.match(h):
+        if not isinstance(h, str) or not _HEX.fullmatch(h):
             raise bad(f"{key} must be a string of hex digits", key)
         if len(h) % 2:
             raise bad(f"{key} has an odd number of hex digits ({len(h)})", key)
@@ -224,10 +225,11 @@ def check_no_overlap(entries: Iterable[PatchEntry], source: str = "patch") -> No
         spans.sort()
         for (a0, a1, ai), (b0, b1, bi) in zip(spans, spans[1:]):
             if b0 < a1:
+                first, second = sorted((ai, bi))  # in file order: the later entry is the one at fault
                 raise InvalidPatch(
-                    f"{source}: patches[{ai}] and patches[{bi}] overlap in {name!r} "
+                    f"{source}: patches[{first}] and patches[{second}] overlap in {name!r} "
                     f"(bytes {b0}..{min(a1, b1)}): one patch may change each byte once",
-                    file=source, tensor=name, entry=bi, field="offset_bytes",
+                    file=source, tensor=name, entry=second, field="offset_bytes",
                 )
 
 
@@ -270,6 +272,7 @@ class ConflictItem:
     offset_bytes: int | None = None
     expected_hex: str | None = None
     actual_hex: str | None = None
+    patch: int | None = None  # which of several patches (compose), counted from 0
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -343,17 +346,33 @@ def compose(patches: list[HexPatch], read_base, description: str = "") -> HexPat
     """One patch with the effect of applying `patches` in order to the base bytes.
 
     Entries later in the list may change bytes that earlier ones changed; the result maps base
-    bytes straight to the final bytes, merged per tensor.
+    bytes straight to the final bytes, merged per tensor. Each patch must apply on top of the
+    ones before it (as applying them in order would check): otherwise every conflict is listed
+    and nothing is composed.
     """
     from .runs import ByteMap
 
     maps: dict[str, ByteMap] = {}
     meta: dict[str, tuple[str | None, tuple | None]] = {}
-    for p in patches:
-        for e in p.entries:
-            bm = maps.setdefault(e.tensor_name, ByteMap())
-            bm.write(e.offset_bytes, e.new)
+    conflicts: list[ConflictItem] = []
+    for pi, p in enumerate(patches):
+        ok = []
+        for i, e in enumerate(p.entries):
+            actual = read_base(e.tensor_name, e.offset_bytes, len(e.original))
+            if e.tensor_name in maps:
+                actual = maps[e.tensor_name].overlay(e.offset_bytes, actual)
+            if actual == e.original:
+                ok.append(e)
+                continue
+            conflicts.append(ConflictItem(
+                "mismatch",
+                f"patch {pi + 1} of {len(patches)}, patches[{i}]: {e.tensor_name!r} at byte {e.offset_bytes} "
+                "holds other bytes (after the patches before it) than the patch expects",
+                i, e.tensor_name, e.offset_bytes, _short_hex(e.original), _short_hex(actual), patch=pi))
+        for e in ok:  # (a conflicting entry is skipped, so later patches are checked on a sensible state)
+            maps.setdefault(e.tensor_name, ByteMap()).write(e.offset_bytes, e.new)
             meta.setdefault(e.tensor_name, (e.dtype, e.shape_at_edit_time))
+    raise_conflicts(conflicts, "compose")
     entries = []
     for name in sorted(maps):
         dtype, shape = meta[name]

@@ -41,6 +41,9 @@ class Base(DeclarativeBase):
 
 class EditRow(Base):
     __tablename__ = "edits"
+    # ids are never reused (SQLite would hand a reverted edit's id to the next one otherwise), so
+    # an id a client holds can only ever name the edit it was given for
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_key: Mapped[str] = mapped_column(String(4096), index=True)
     seq: Mapped[int] = mapped_column(Integer)

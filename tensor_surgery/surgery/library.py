@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import InvalidRequest, SurgeryError
 from . import hexpatch as hp
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}")  # fullmatch: `$` would let "name\n" through
 SUFFIX = ".hexpatch"
 
 
@@ -34,7 +34,7 @@ def patch_filename(name: str) -> str:
     if not isinstance(name, str):
         raise InvalidRequest("patch name must be text", field="name")
     base = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-    if not _NAME.match(base) or ".." in base:
+    if not _NAME.fullmatch(base) or ".." in base:
         raise InvalidRequest(
             f"patch name {name!r} must be 1-150 letters, digits, '.', '_' or '-' (no folders)",
             field="name",
@@ -80,7 +80,7 @@ class PatchLibrary:
             return []
         out = []
         for p in sorted(self.folder.glob("*" + SUFFIX)):
-            if not _NAME.match(p.stem):
+            if not _NAME.fullmatch(p.stem):
                 continue
             st = p.stat()
             item = {"name": p.name, "size": st.st_size, "modified": st.st_mtime}

@@ -101,7 +101,12 @@ def cast_to_dtype(values: np.ndarray, dtype) -> np.ndarray:
         info = np.iinfo(dtype.numpy)
         r = np.rint(values)
         r = np.where(np.isnan(r), 0, r)
-        return np.clip(r, info.min, info.max).astype(dtype.numpy).view(dtype.storage)
+        # compare in float, assign the limits as integers: float(2**63 - 1) is 2**63, which
+        # np.clip would let through and the int64 cast would wrap to the minimum
+        hi, lo = r >= float(info.max), r <= float(info.min)
+        out = np.where(hi | lo, 0, r).astype(dtype.numpy)
+        out[hi], out[lo] = info.max, info.min
+        return out.view(dtype.storage)
     with np.errstate(over="ignore", invalid="ignore"):
         if dtype.name == "F4":
             return values.astype(dtype.numpy).view(np.uint8)
@@ -213,7 +218,7 @@ def _apply_op(spec: EditSpec, x: np.ndarray, rows: np.ndarray | None) -> tuple[n
         return np.zeros_like(x), "zero"
     if op == "scale":
         f = _num(spec, "factor")
-        return x * f, f"scale ×{f:g}"
+        return x * f, f"scale x{f:g}"
     if op == "add":
         v = _num(spec, "value")
         return x + v, f"add {v:+g}"

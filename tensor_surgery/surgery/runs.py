@@ -50,6 +50,19 @@ class ByteMap:
         self._starts[i:j] = [lo]
         self._bufs[i:j] = [merged]
 
+    def overlay(self, offset: int, data: bytes) -> bytes:
+        """`data` (the bytes underneath, starting at `offset`) with this map's writes over it."""
+        end = offset + len(data)
+        out = bytearray(data)
+        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        for s, b in zip(self._starts[i:], self._bufs[i:]):
+            if s >= end:
+                break
+            lo, hi = max(s, offset), min(s + len(b), end)
+            if lo < hi:
+                out[lo - offset : hi - offset] = b[lo - s : hi - s]
+        return bytes(out)
+
     def runs(self) -> list[tuple[int, bytes]]:
         return [(s, bytes(b)) for s, b in zip(self._starts, self._bufs)]
 

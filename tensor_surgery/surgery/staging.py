@@ -220,7 +220,7 @@ class Staging:
             hp.raise_conflicts(self.verify_patch(model, patch), source)
             runs = [ByteRun(e.tensor_name, e.offset_bytes, e.original, e.new) for e in patch.entries]
             desc = f"patch {source}: {patch.description}".rstrip(": ") + \
-                f" ({len(runs):,} entries, {patch.changed_bytes:,} bytes)"
+                f" ({len(runs):,} {'entry' if len(runs) == 1 else 'entries'}, {patch.changed_bytes:,} bytes)"
             staged = self.journal.stage(model_key(model), description=desc,
                                         spec={"op": "load_patch", "patch": source}, runs=runs)
         self._changed(model, "load_patch")

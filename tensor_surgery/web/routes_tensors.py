@@ -6,12 +6,23 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from ..store import slicing
 from ..store import stats as st
 from .deps import ModelDep, SettingsDep, ViewParam, WorkspaceDep
 
 router = APIRouter(prefix="/api", tags=["tensors"])
+
+
+class TensorNameConvertor(StringConvertor):
+    """A tensor name in a path: any text, slashes and newlines included (names are data; a
+    model may hold "a/b" or "x\ny"), unlike Starlette's `path`, whose `.*` stops at a newline."""
+
+    regex = "[\\s\\S]+"
+
+
+register_url_convertor("tensor", TensorNameConvertor())
 
 _DIM_PARAM = re.compile(r"^dim")  # every dim* key goes to the parser, so a typo is an error, not ignored
 SLICE_DOC = (
@@ -31,11 +42,15 @@ def slice_params(request: Request) -> dict[str, str]:
     description="A JSON list of `{name, shape, dtype, numel, nbytes, metadata_for_canvas: {layer_index, "
     "type_group, specific_type_key, canvas_x, canvas_y, expert_index, block}}`, in canvas order.",
 )
-def list_tensors(ws: WorkspaceDep, model: ModelDep) -> Response:
+def list_tensors(request: Request, ws: WorkspaceDep, model: ModelDep) -> Response:
+    # served pre-compressed when the client takes gzip (the GZip middleware leaves it as it is)
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(ws.tensor_listing_json(model, gzipped=True), media_type="application/json",
+                        headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
     return Response(ws.tensor_listing_json(model), media_type="application/json")
 
 
-@router.get("/tensor_slice/{tensor_name:path}", summary="Values of a slice of a tensor", description=SLICE_DOC)
+@router.get("/tensor_slice/{tensor_name:tensor}", summary="Values of a slice of a tensor", description=SLICE_DOC)
 def tensor_slice(
     tensor_name: str, request: Request, ws: WorkspaceDep, settings: SettingsDep, view: ViewParam = "base"
 ) -> dict:
@@ -44,7 +59,7 @@ def tensor_slice(
 
 
 @router.get(
-    "/tensor_stats/{tensor_name:path}",
+    "/tensor_stats/{tensor_name:tensor}",
     summary="Statistics of a whole tensor (cached) or of a slice",
     description="min, max, mean, std, var, abs_max, l2_norm, sparsity, NaN/Inf counts and exact "
     "percentiles. With slice parameters, of that slice only. " + SLICE_DOC,
@@ -71,7 +86,7 @@ def tensor_stats(
 
 
 @router.get(
-    "/tensor_histogram/{tensor_name:path}",
+    "/tensor_histogram/{tensor_name:tensor}",
     summary="Histogram of a whole tensor or of a slice",
     description="`bins` equal-width bins over [lo, hi] (default: the value range); `log=true` bins "
     "|x| on a log scale and counts zeros apart. " + SLICE_DOC,
@@ -98,7 +113,7 @@ def tensor_histogram(
 
 
 @router.get(
-    "/tensor_hex/{tensor_name:path}",
+    "/tensor_hex/{tensor_name:tensor}",
     summary="Raw bytes of a range of a tensor, with each element they touch decoded",
     description="`offset` counts from the tensor's first byte (as in .hexpatch files). Alternatively "
     "give `element` (a flat element index) and `count`.",
@@ -121,7 +136,7 @@ def tensor_hex(
 
 
 @router.get(
-    "/tensor_overview/{tensor_name:path}",
+    "/tensor_overview/{tensor_name:tensor}",
     summary="Downsampled overview (block mean and block abs-max) for thumbnails and zoomed-out heatmaps",
 )
 def tensor_overview(
@@ -139,7 +154,7 @@ def tensor_overview(
 
 
 @router.get(
-    "/tensor_rank/{tensor_name:path}",
+    "/tensor_rank/{tensor_name:tensor}",
     summary="Numerical rank of a 2-D tensor from its singular values (exact or randomized)",
 )
 def tensor_rank(
