@@ -293,11 +293,12 @@ def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, as_jso
 @handles_errors
 def patch_verify(model, patches, as_json) -> None:
     """Would PATCHES apply cleanly to MODEL (in order)? Lists every conflict; exit 1 if any."""
-    from .surgery.apply import verify_patches
+    from .surgery.apply import check_no_pending_intent, verify_patches
     from .surgery.hexpatch import model_checksum
 
     loaded = _read_patches(patches)
     with _open(model) as m:
+        check_no_pending_intent(m)  # a torn in-place apply would give answers about torn bytes
         _, report = verify_patches(m, loaded, checksum_fn=lambda: model_checksum(m))
     ok = all(r["ok"] for r in report)
     if as_json:
@@ -321,9 +322,12 @@ def patch_verify(model, patches, as_json) -> None:
 @handles_errors
 def patch_diff(model_a, model_b, out, description, as_json) -> None:
     """The minimal patch that turns MODEL_A into MODEL_B (same layout)."""
+    from .surgery.apply import check_no_pending_intent
     from .surgery.diff import diff_models
 
     with _open(model_a) as a, _open(model_b) as b:
+        check_no_pending_intent(a)
+        check_no_pending_intent(b)
         bar, progress = _byte_bar("diff")
         with bar:
             result = diff_models(a, b, out, description, progress)
@@ -356,6 +360,25 @@ def patch_recover(model, rollback, as_json) -> None:
 
     result = recover_in_place(model, rollback)
     emit(result, as_json, result.get("message") or f"{result['direction']}: rewrote {result['entries']} entries")
+
+
+# -- investigate --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("question", required=False)
+@click.option("--tool", help="Run one of the agent's tools by hand instead (no LLM needed).")
+@click.option("--args", "tool_args", default="{}", show_default=True, help="The tool's arguments: a JSON object.")
+@click.option("--list-tools", "show_tools", is_flag=True, help="List the agent's tools and their arguments.")
+@click.option("--continue", "conversation_id", type=int, help="Continue the saved conversation with this id.")
+@json_option
+@handles_errors
+def investigate(model, question, tool, tool_args, show_tools, conversation_id, as_json) -> None:
+    """Ask the investigation agent (LLM_MODEL) QUESTION about MODEL, or run its read-only tools by hand."""
+    from .agent.console import investigate as run
+
+    sys.exit(run(model, question, tool, tool_args, show_tools, conversation_id, as_json))
 
 
 # -- demo models --------------------------------------------------------------------------------

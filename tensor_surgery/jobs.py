@@ -100,6 +100,9 @@ class JobRunner:
                 job._finish("done", result=fn(job.progress))
             except SurgeryError as e:
                 job._finish("error", error=e.to_dict())
+            except OSError as e:  # the disk, not a bug: full, read-only, gone
+                where = f" ({e.filename})" if e.filename else ""
+                job._finish("error", error={"code": "io_error", "message": f"{e.strerror or e}{where}"})
             except Exception as e:  # a bug: report it on the job rather than lose it in a thread
                 import logging
 

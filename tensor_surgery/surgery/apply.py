@@ -34,6 +34,7 @@ class StateReader:
         self.model = model
         self.maps: dict[str, ByteMap] = {}
         self._readers: dict[str, TensorReader] = {}
+        self._raw: dict = {}  # base bytes of untouched tensors: the file is checked once, not per read
         for name, runs in (base_runs or {}).items():
             for off, data in runs:
                 self.write(name, off, data)
@@ -45,7 +46,9 @@ class StateReader:
     def __call__(self, name: str, off: int, length: int) -> bytes:
         bm = self.maps.get(name)
         if bm is None:
-            raw = self.model.tensor(name).raw()
+            raw = self._raw.get(name)
+            if raw is None:
+                raw = self._raw[name] = self.model.tensor(name).raw()
             return bytes(raw[off : off + length])
         r = self._readers.get(name)
         if r is None:
@@ -121,6 +124,15 @@ def _write_entries(model: Model, patch: hp.HexPatch) -> None:
             os.close(fd)
 
 
+def _unused_name(folder: Path, stem: str, suffix: str) -> Path:
+    """`stem + suffix`, or `stem-2 + suffix`...: two applies in one second keep both backups."""
+    path, n = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}{suffix}"
+    return path
+
+
 def apply_in_place(model_path: str | os.PathLike, patches: list[tuple[str, hp.HexPatch]], *, progress=None) -> dict:
     """Write `patches` into the model's own files, journaled so a crash can be rolled back or forward."""
     model = open_model(model_path)
@@ -132,7 +144,7 @@ def apply_in_place(model_path: str | os.PathLike, patches: list[tuple[str, hp.He
                 f"`tensor-surgery patch recover {model_path}` (add --rollback to restore the old bytes) first",
                 intent=str(intent),
             )
-        runs = runs_for_patches(model, patches)
+        runs = runs_for_patches(model, patches, checksum_fn=lambda: hp.model_checksum(model))  # as --out does
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = StateReader(model)
         forward = hp.HexPatch(
@@ -142,7 +154,7 @@ def apply_in_place(model_path: str | os.PathLike, patches: list[tuple[str, hp.He
         )
         folder = Path(model.path).parent
         fwd_path = folder / f".tensor-surgery-forward-{stamp}.hexpatch"
-        backup_path = folder / f"{Path(model.path).name}.backup-{stamp}.hexpatch"
+        backup_path = _unused_name(folder, f"{Path(model.path).name}.backup-{stamp}", ".hexpatch")
         atomic_write(backup_path, forward.inverted(f"backup before in-place apply of {', '.join(s for s, _ in patches)}").dumps().encode())
         atomic_write(fwd_path, forward.dumps().encode())
         atomic_write(intent, json.dumps({
@@ -169,7 +181,19 @@ def recover_in_place(model_path: str | os.PathLike, rollback: bool = False) -> d
         return {"recovered": False, "message": "no interrupted in-place apply"}
     info = json.loads(intent.read_text())
     folder = intent.parent
-    patch = hp.loads((folder / (info["backup"] if rollback else info["forward"])).read_bytes(), info["forward"])
+    if os.path.realpath(resolved) != info["model"]:
+        # the journal sits in the folder: it may belong to another model beside this one
+        raise Conflict(
+            f"the interrupted in-place apply in {folder} was on {info['model']}, not {resolved}; "
+            f"run `tensor-surgery patch recover {info['model']}`", intent=str(intent), model=info["model"],
+        )
+    source = folder / (info["backup"] if rollback else info["forward"])
+    try:
+        data = source.read_bytes()
+    except OSError as e:
+        raise InterruptedApply(f"cannot recover: {source} ({'backup' if rollback else 'forward patch'}) "
+                               f"cannot be read: {e.strerror}", file=str(source)) from None
+    patch = hp.loads(data, str(source))
     # The files changed under their headers' feet; reopening validates them again.
     model = open_model(resolved)
     try:

@@ -24,7 +24,8 @@ from .library import fsync_dir
 
 Runs = dict[str, list[tuple[int, bytes]]]
 Progress = Callable[[int, int], None]
-COPY_CHUNK = 64 << 20
+COPY_CHUNK = 16 << 20  # bytes per kernel copy; writeback of each chunk starts right after it
+FALLBACK_CHUNK = 8 << 20  # bytes per read/write where copy_file_range is refused (held in memory)
 # files a Hugging Face model folder needs beside its weights (copied when exporting a folder)
 SIDE_FILES = frozenset({
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -38,6 +39,30 @@ SIDE_FILES = frozenset({
 class OutputExists(SurgeryError):
     code = "output_exists"
     http_status = 409
+    exit_code = 1  # like every other 409: the operation cannot go ahead as things are
+
+
+def _sync_file_range():
+    """Linux's sync_file_range, or None (elsewhere the final fsync does all the writing)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, count: int) -> None:
+    """Start writing a just-copied range to disk without waiting for it, so that the fsync at the
+    end overlaps the copy instead of following it (an export costs ~cp, not cp + sync)."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, count, _SYNC_FILE_RANGE_WRITE)  # a hint: errors do not matter
 
 
 def copy_range(src: int, dst: int, src_off: int, dst_off: int, count: int, tick: Callable[[int], None] | None = None) -> None:
@@ -49,10 +74,12 @@ def copy_range(src: int, dst: int, src_off: int, dst_off: int, count: int, tick:
         except OSError:
             done = 0
         if done <= 0:  # not supported here (or across file systems): plain reads and writes
-            data = os.pread(src, n, src_off)
+            data = os.pread(src, min(n, FALLBACK_CHUNK), src_off)
             if not data:
                 raise SurgeryError(f"source ended early while copying (at byte {src_off})")
             done = os.pwrite(dst, data, dst_off)
+            del data  # before the next read: one chunk in memory, not two
+        start_writeback(dst, dst_off, done)
         src_off += done
         dst_off += done
         count -= done
@@ -97,17 +124,12 @@ def plan_shards(model: Model, max_shard_bytes: int) -> list[list[str]]:
     return shards
 
 
-def export_model(
-    model: Model,
-    out: str | os.PathLike,
-    runs: Runs,
-    *,
-    max_shard_bytes: int | None = None,
-    overwrite: bool = False,
-    progress: Progress | None = None,
-) -> dict:
+def plan_export(
+    model: Model, out: str | os.PathLike, runs: Runs, *, max_shard_bytes: int | None = None, overwrite: bool = False
+) -> list[list[str]] | None:
+    """Check an export before any work (the API calls it before starting the job); returns the
+    new layout (None: the source's own sharding)."""
     out = Path(out)
-    started = time.perf_counter()
     sources = {os.path.realpath(f.path) for f in model.files} | {os.path.realpath(model.path)}
     if os.path.realpath(out) in sources or any(s.startswith(os.path.realpath(out) + os.sep) for s in sources):
         raise InvalidRequest(
@@ -126,13 +148,29 @@ def export_model(
             raise InvalidRequest(
                 f"{model.name} has {len(model.files)} shards; export it to a folder, or set a max shard size "
                 "large enough for one file", field="out")
-        layout = None
-    else:
-        layout = plan_shards(model, max_shard_bytes)
-        if single_file and len(layout) != 1:
-            raise InvalidRequest(f"the model needs {len(layout)} shards at that size; export to a folder", field="out")
+        return None
+    layout = plan_shards(model, max_shard_bytes)
+    if single_file and len(layout) != 1:
+        raise InvalidRequest(f"the model needs {len(layout)} shards at that size; export to a folder", field="out")
+    return layout
 
-    total = model.nbytes
+
+def export_model(
+    model: Model,
+    out: str | os.PathLike,
+    runs: Runs,
+    *,
+    max_shard_bytes: int | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    out = Path(out)
+    started = time.perf_counter()
+    layout = plan_export(model, out, runs, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+    single_file = out.suffix == ".safetensors"
+
+    # what the copy ticks off: whole files (headers too) for the same layout, else tensor bytes
+    total = sum(f.header.file_size for f in model.files) if layout is None else model.nbytes
     done = [0]
 
     def tick(n: int) -> None:
@@ -190,7 +228,7 @@ def _write_same(model: Model, target: Path, runs: Runs, tick, single: bool = Fal
             os.close(sfd)
             os.close(dfd)
         written.append(dst)
-    if model.kind == "sharded":
+    if model.kind == "sharded" and not single:  # (a one-shard model exported to one file: no index)
         dst = target / os.path.basename(model.path)
         shutil.copyfile(model.path, dst)
         _fsync_file(dst)
@@ -260,13 +298,15 @@ def _fsync_file(path: Path) -> None:
 
 
 def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished output into place; an old output is set aside first, then removed."""
+    """Move the finished output into place. A file replaces an old file in one atomic rename; a
+    folder cannot be renamed over another, so an old folder is set aside first, then removed."""
     old = None
-    if out.exists():
+    if out.exists() or out.is_symlink():
         if not overwrite:
             raise OutputExists(f"{out} already exists", path=str(out))
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(out, old)
+        if tmp.is_dir() or out.is_dir():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(out, old)
     os.replace(tmp, out)
     fsync_dir(out.parent)
     if old is not None:

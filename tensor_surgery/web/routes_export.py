@@ -11,7 +11,8 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..surgery.writer import export_model, parse_size
+from ..surgery.apply import check_no_pending_intent
+from ..surgery.writer import export_model, parse_size, plan_export
 from .deps import JobsDep, LibraryDep, ModelDep, SettingsDep, StagingDep, WorkspaceDep
 
 router = APIRouter(prefix="/api", tags=["export"])
@@ -38,7 +39,10 @@ def start_export(
     out_path = ws.roots.check(out, "export output")
     max_shard = parse_size(body.max_shard_size) if body.max_shard_size is not None else None
     patches = [(n, library.read(n)) for n in body.patches]
+    check_no_pending_intent(model)  # a torn in-place apply: recover it first
     runs = staging.export_runs(model, body.include_staged, patches)  # conflicts fail here, before the job
+    # so do a taken output, the source itself as output, or a layout that does not fit the output
+    plan_export(model, out_path, runs, max_shard_bytes=max_shard, overwrite=body.overwrite)
     job = jobs.start(
         "export", f"export {model.name} to {out_path}",
         lambda progress: export_model(model, out_path, runs, max_shard_bytes=max_shard,
