@@ -107,7 +107,11 @@ def serve(model: Path | None, host: str | None, port: int | None, show_settings:
 
 def _open(path: Path):
     from .store import open_model
+    from .surgery.apply import finish_interrupted
 
+    recovered = finish_interrupted(path)  # the next start after a crash mid in-place apply
+    if recovered:
+        click.echo(f"warning: {recovered}", err=True)
     return open_model(path)
 
 

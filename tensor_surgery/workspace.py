@@ -8,6 +8,7 @@ one the UI shows. Staged edits are not known here: the surgery journal registers
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import threading
@@ -105,7 +106,9 @@ class Workspace:
         self.overlay_provider: OverlayProvider | None = None
         self.switch_listeners: list[Callable[[], None]] = []  # told when the current model changes
         self.cache = LRUCache(settings.stats_cache_mb << 20)
-        self._listings: dict[str, bytes] = {}
+        self._listings: dict[str, bytes] = {}  # model path -> GET /api/tensors as JSON
+        self._listings_gz: dict[str, bytes] = {}  # the same, gzipped
+        self._listing_lock = threading.Lock()
         self._lock = threading.RLock()
 
     # -- models --------------------------------------------------------------------------------
@@ -119,7 +122,12 @@ class Workspace:
             key = os.path.realpath(os.fspath(path))
             model = self.models.get(key)
             if model is None:
+                from .surgery.apply import finish_interrupted
+
+                recovered = finish_interrupted(path)
                 model = open_model(path, guard=guard)
+                if recovered:
+                    model.warnings.append(recovered)
                 self.models[key] = model
                 self.models[os.path.realpath(model.path)] = model
             if make_current:
@@ -134,9 +142,17 @@ class Workspace:
     def open_default(self) -> None:
         """Open MODEL_PATH at start; a failure is kept and shown, the server still starts."""
         try:
-            self.open(self.settings.resolved_model_path, guarded=False)
+            model = self.open(self.settings.resolved_model_path, guarded=False)
         except SurgeryError as e:
             self.open_error = e
+            return
+        # The page's first request is the tensor listing: a second or two to build on a 90k-tensor
+        # model. Built here, before the server answers, the first page load does not wait for it.
+        # (In a background thread it would hold the GIL while the page's scripts are being served.)
+        try:
+            self.tensor_listing_json(model, gzipped=True)
+        except SurgeryError:  # the request builds it again and reports the error
+            pass
 
     def model(self) -> Model:
         if self.current is None:
@@ -206,15 +222,25 @@ class Workspace:
 
     # -- listing -------------------------------------------------------------------------------
 
-    def tensor_listing_json(self, model: Model | None = None) -> bytes:
-        """`GET /api/tensors` as JSON bytes, built once per opened model."""
+    def tensor_listing_json(self, model: Model | None = None, *, gzipped: bool = False) -> bytes:
+        """`GET /api/tensors` as JSON bytes, or gzipped, each built once per opened model.
+
+        Gzipped once here rather than per request by the middleware: 30 MB of JSON for 90k tensors
+        is 0.8 MB gzipped, and compressing it costs more than sending it. A request that comes while
+        the listing is being built (see `open_default`) waits for that build instead of repeating it.
+        """
         model = model or self.model()
         key = model.path
-        data = self._listings.get(key)
-        if data is None:
-            data = json.dumps(tensor_entries(model), separators=(",", ":")).encode()
-            self._listings[key] = data
-        return data
+        with self._listing_lock:
+            data = self._listings.get(key)
+            if data is None:
+                data = self._listings[key] = json.dumps(tensor_entries(model), separators=(",", ":")).encode()
+            if not gzipped:
+                return data
+            packed = self._listings_gz.get(key)
+            if packed is None:
+                packed = self._listings_gz[key] = gzip.compress(data, 6)
+            return packed
 
 
 def tensor_entries(model: Model) -> list[dict]:

@@ -209,6 +209,30 @@ def recover_in_place(model_path: str | os.PathLike, rollback: bool = False) -> d
             "entries": len(patch.entries), "backup": str(folder / info["backup"])}
 
 
+def finish_interrupted(model_path: str | os.PathLike) -> str | None:
+    """On the next start after a crash: roll an interrupted in-place apply of this model forward.
+
+    Forward is what the user asked for; the backup (inverse) patch stays beside the model, so
+    rolling back is one `patch apply` away (or `patch recover --rollback` before this runs).
+    Returns a message to show, or None when nothing was pending for this model.
+    """
+    from ..store.model import resolve_model_path
+
+    resolved = resolve_model_path(model_path)
+    intent = intent_path(Path(resolved).parent)
+    if not intent.exists():
+        return None
+    try:
+        info = json.loads(intent.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or os.path.realpath(resolved) != info.get("model"):
+        return None
+    done = recover_in_place(resolved)
+    return (f"an in-place apply of {Path(resolved).name} was interrupted; it was finished now "
+            f"({done['entries']} entries rewritten). To undo it, apply the backup {done['backup']}")
+
+
 def check_no_pending_intent(model: Model) -> None:
     intent = intent_path(model)
     if intent.exists():
