@@ -33,27 +33,42 @@ _TENSOR_KEYS = frozenset(("dtype", "shape", "data_offsets"))
 
 @dataclass(frozen=True, slots=True)
 class TensorInfo:
+    """One tensor of a file: its header entry and, once the file is open, the file holding it.
+
+    It is also what a model's tensor map holds (`TensorRef`): one object per tensor, because a
+    DeepSeek-V3-sized model has 92k of them and every extra object is felt when opening it.
+    """
+
     name: str
     dtype: DType
     shape: tuple[int, ...]
     begin: int  # byte offset from the start of the data section
     end: int
     numel: int
+    file: object = field(default=None, compare=False, repr=False)  # the SafetensorsFile
 
     @property
     def nbytes(self) -> int:
         return self.end - self.begin
+
+    @property
+    def info(self) -> "TensorInfo":
+        return self
+
+    def raw(self):
+        """Zero-copy uint8 view of the tensor's bytes (memory-mapped)."""
+        return self.file.tensor_bytes(self)
 
 
 # TensorInfo(...) for values already validated, in half the time: the generated `__init__` sets
 # each field through `object.__setattr__` to get past the frozen guard, a tenth of the time of
 # opening a 90k-tensor model. The slots' own setters build the same object.
 _new = object.__new__
-_set_name, _set_dtype, _set_shape, _set_begin, _set_end, _set_numel = (
+_set_name, _set_dtype, _set_shape, _set_begin, _set_end, _set_numel, set_file = (
     TensorInfo.name.__set__, TensorInfo.dtype.__set__, TensorInfo.shape.__set__,
-    TensorInfo.begin.__set__, TensorInfo.end.__set__, TensorInfo.numel.__set__,
+    TensorInfo.begin.__set__, TensorInfo.end.__set__, TensorInfo.numel.__set__, TensorInfo.file.__set__,
 )
-assert tuple(TensorInfo.__dataclass_fields__) == ("name", "dtype", "shape", "begin", "end", "numel")
+assert tuple(TensorInfo.__dataclass_fields__) == ("name", "dtype", "shape", "begin", "end", "numel", "file")
 
 
 def _make_info(name: str, dtype: DType, shape: tuple, begin: int, end: int, numel: int) -> TensorInfo:
@@ -64,6 +79,7 @@ def _make_info(name: str, dtype: DType, shape: tuple, begin: int, end: int, nume
     _set_begin(info, begin)
     _set_end(info, end)
     _set_numel(info, numel)
+    set_file(info, None)
     return info
 
 
@@ -153,22 +169,25 @@ def loads_unique(text: str):
     return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
 
-def read_header(path: str | os.PathLike, fileobj=None) -> Header:
-    """Read and validate the header of the safetensors file at `path`."""
+def read_header(path: str | os.PathLike, fd: int | None = None, file_size: int | None = None) -> Header:
+    """Read and validate the header of the safetensors file at `path` (or open descriptor `fd`)."""
     path = os.fspath(path)
-    own = fileobj is None
-    f = open(path, "rb") if own else fileobj
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_RDONLY)
     try:
-        file_size = os.fstat(f.fileno()).st_size
-        prefix = f.read(8)
-        if len(prefix) < 8:
+        if file_size is None:
+            file_size = os.fstat(fd).st_size
+        # one read for the length and (usually all of) the header: a model has one file per shard
+        head = os.pread(fd, 64 * 1024, 0)
+        if len(head) < 8:
             raise InvalidModelFile(
                 f"{path}: file is {file_size} bytes, too short to hold the 8-byte header length "
                 "of a safetensors file",
                 file=path,
                 field="header_length",
             )
-        (n,) = struct.unpack("<Q", prefix)
+        (n,) = struct.unpack_from("<Q", head)
         if n > MAX_HEADER_SIZE:
             raise InvalidModelFile(
                 f"{path}: header length field says {n:,} bytes, over the {MAX_HEADER_SIZE:,}-byte "
@@ -183,7 +202,9 @@ def read_header(path: str | os.PathLike, fileobj=None) -> Header:
                 file=path,
                 field="header_length",
             )
-        raw = f.read(n)
+        raw = head[8 : 8 + n]
+        if len(raw) < n:
+            raw += _pread_all(fd, n - len(raw), 8 + len(raw))
         if len(raw) != n:
             raise InvalidModelFile(
                 f"{path}: file ended after {len(raw):,} of the header's {n:,} bytes "
@@ -193,8 +214,20 @@ def read_header(path: str | os.PathLike, fileobj=None) -> Header:
             )
     finally:
         if own:
-            f.close()
+            os.close(fd)
     return parse_header(path, raw, file_size)
+
+
+def _pread_all(fd: int, n: int, offset: int) -> bytes:
+    parts = []
+    while n > 0:
+        chunk = os.pread(fd, min(n, 1 << 30), offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 def parse_header(path: str, raw: bytes, file_size: int) -> Header:

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InvalidModelFile, ModelChanged, ModelNotFound, TensorNotFound
-from .header import Header, TensorInfo, read_header
+from .header import Header, TensorInfo, read_header, set_file
 
 MAX_INDEX_SIZE = 100_000_000
 PATH_CHECK_INTERVAL = 0.5  # seconds between checks that the path still names the mapped file
@@ -36,11 +36,11 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
-def _open_regular(path: str):
-    """Open a regular file for reading; refuse FIFOs, devices and sockets.
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of a regular file and its stat; refuse FIFOs, devices and sockets.
 
     O_NONBLOCK keeps open() itself from blocking forever on a FIFO planted where a model or
-    shard is expected; it has no effect on regular files.
+    shard is expected; it has no effect on reads of regular files.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -53,12 +53,12 @@ def _open_regular(path: str):
     except OSError as e:
         raise InvalidModelFile(f"{path}: cannot be opened: {e.strerror}", file=path) from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise InvalidModelFile(
                 f"{path}: is not a regular file (a pipe, device or socket)", file=path
             )
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return fd, st
     except BaseException:
         os.close(fd)
         raise
@@ -69,11 +69,14 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        f = _open_regular(self.path)
-        with f:
-            st = os.fstat(f.fileno())
+        fd, st = _open_regular(self.path)
+        try:
             self.identity = _identity(st)
-            self.header: Header = read_header(self.path, f)
+            self.header: Header = read_header(self.path, fd, st.st_size)
+        finally:
+            os.close(fd)
+        for info in self.header.tensors.values():
+            set_file(info, self)
         self._mm: mmap.mmap | None = None
         self._bytes: np.ndarray | None = None  # the whole map as uint8; tensors are slices of it
         self._views: dict[str, np.ndarray] = {}  # tensor -> shaped view of its bit patterns
@@ -194,35 +197,8 @@ class SafetensorsFile:
                 self._fd = None
 
 
-@dataclass(frozen=True, slots=True)
-class TensorRef:
-    """A tensor of an opened model: its header entry and the file holding it."""
-
-    info: TensorInfo
-    file: SafetensorsFile
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.info.shape
-
-    @property
-    def dtype(self):
-        return self.info.dtype
-
-    @property
-    def numel(self) -> int:
-        return self.info.numel
-
-    @property
-    def nbytes(self) -> int:
-        return self.info.nbytes
-
-    def raw(self) -> np.ndarray:
-        return self.file.tensor_bytes(self.info)
+# A model's tensor: its header entry, which also knows its file (see TensorInfo).
+TensorRef = TensorInfo
 
 
 @dataclass
@@ -338,7 +314,7 @@ def open_model(path: str | os.PathLike, guard: PathGuard | None = None) -> Model
         if resolved.endswith(".json"):
             return _open_sharded(resolved, guard)
         f = SafetensorsFile(resolved)
-        tensors = {name: TensorRef(info, f) for name, info in f.tensors.items()}
+        tensors = dict(f.tensors)
         return Model(resolved, "file", [f], tensors, dict(f.header.metadata))
 
 
@@ -392,8 +368,12 @@ def _read_index(index_path: str) -> dict:
             f"{index_path}: shard index is {size:,} bytes, over the {MAX_INDEX_SIZE:,}-byte limit",
             file=index_path,
         )
-    with _open_regular(index_path) as fh:
-        raw = fh.read()  # not read(MAX + 1): that allocates the whole limit up front
+    fd, st = _open_regular(index_path)
+    try:
+        # bounded by the size checked above (the stat of the path): a FIFO never gets here
+        raw = os.read(fd, min(st.st_size, MAX_INDEX_SIZE) + 1)
+    finally:
+        os.close(fd)
     if len(raw) > MAX_INDEX_SIZE:
         raise InvalidModelFile(
             f"{index_path}: shard index is over the {MAX_INDEX_SIZE:,}-byte limit", file=index_path
@@ -452,8 +432,7 @@ def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
             if len(f.tensors) == len(listed) and f.tensors.keys() == set(listed):
                 # The usual case, checked in bulk: the shard holds exactly what the index puts in
                 # it. That also rules out a tensor stored in two shards (the index names one).
-                for name, info in f.tensors.items():
-                    tensors[name] = TensorRef(info, f)
+                tensors.update(f.tensors)
                 continue
             for name, info in f.tensors.items():
                 if name in tensors:
@@ -469,7 +448,7 @@ def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
                         f"{index_path}: tensor {name!r} is stored in {shard} but {where}",
                         file=index_path, tensor=name, field="weight_map",
                     )
-                tensors[name] = TensorRef(info, f)
+                tensors[name] = info
             absent = [t for t in listed if t not in f.tensors]
             if absent:
                 raise InvalidModelFile(
