@@ -32,6 +32,7 @@ export class TensorCanvas {
     this.items = [];
     this.rows = new Map(); // y -> indices sorted by x
     this.cellIndex = new Map(); // "x,y" -> index
+    this.indexOf = new Map(); // tensor name -> index: the selection is drawn every frame
     this.bands = [];
     this.bitmap = null;
     this.thumbs = new Map(); // name -> {img, profile} | "loading" | "error"
@@ -59,11 +60,13 @@ export class TensorCanvas {
     });
     this.rows.clear();
     this.cellIndex.clear();
+    this.indexOf.clear();
     let minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
     this.items.forEach((it, i) => {
       if (!this.rows.has(it.y)) this.rows.set(it.y, []);
       this.rows.get(it.y).push(i);
       this.cellIndex.set(`${it.x},${it.y}`, i);
+      this.indexOf.set(it.t.name, i);
       minX = Math.min(minX, it.x); maxX = Math.max(maxX, it.x);
       minY = Math.min(minY, it.y); maxY = Math.max(maxY, it.y);
     });
@@ -130,11 +133,14 @@ export class TensorCanvas {
   fit() {
     const { minX, minY, maxX, maxY } = this.bounds;
     const margin = 48;
+    // the legend sits over the canvas's bottom-left corner: keep the last rows clear of it
+    const legend = document.getElementById("canvas-legend");
+    const bottom = Math.max(margin, (legend ? legend.offsetHeight : 0) + 24);
     const w = maxX - minX + 1, h = maxY - minY + 1;
-    const s = Math.min((this.width - 2 * margin) / w, (this.height - 2 * margin) / h);
+    const s = Math.min((this.width - 2 * margin) / w, (this.height - margin - bottom) / h);
     this.scale = clamp(s, 0.3, 400);
     this.tx = margin + 28 - minX * this.scale;
-    this.ty = (this.height - h * this.scale) / 2 - minY * this.scale;
+    this.ty = (this.height + margin - bottom - h * this.scale) / 2 - minY * this.scale;
     if (h * this.scale > this.height) this.ty = margin - minY * this.scale;
     this.dirty = true;
   }
@@ -155,7 +161,7 @@ export class TensorCanvas {
   }
 
   centerOn(name, minScale = 48) {
-    const i = this.items.findIndex((it) => it.t.name === name);
+    const i = this.indexOf.get(name) ?? -1;
     if (i < 0) return;
     if (this.scale < minScale) this.scale = minScale;
     const it = this.items[i];
@@ -288,7 +294,7 @@ export class TensorCanvas {
 
   drawSelection(ctx, s) {
     if (!state.selected) return;
-    const i = this.items.findIndex((it) => it.t.name === state.selected);
+    const i = this.indexOf.get(state.selected) ?? -1;
     if (i < 0) return;
     const it = this.items[i];
     const x = this.tx + it.x * s, y = this.ty + it.y * s;
@@ -586,8 +592,8 @@ export function initCanvas() {
   document.getElementById("zoom-out").addEventListener("click", () => view.zoomAt(1 / 1.4, view.width / 2, view.height / 2));
   document.getElementById("zoom-fit").addEventListener("click", () => view.fit());
   on("tensors", () => {
+    renderLegend(document.getElementById("canvas-legend"), view); // first: fit() leaves room for it
     view.setTensors(state.tensors);
-    renderLegend(document.getElementById("canvas-legend"), view);
   });
   on("select", (name) => {
     const it = view.items.find((i) => i.t.name === name);

@@ -60,6 +60,14 @@ export function initFocus() {
     if (focus.tensor && (!names || names.includes(focus.tensor.name))) refresh(root);
   });
   on("view", () => focus.tensor && refresh(root));
+  on("theme", redrawPlots); // Plotly keeps the colours it was drawn with
+}
+
+function redrawPlots() {
+  if (!focus.tensor || !document.getElementById("heatmap")) return;
+  loadHistogram(gen);
+  if (focus.overview) loadOverview(gen);
+  else if (focus.data && focus.data.tensor_name === focus.tensor.name) drawHeatmap(focus.data);
 }
 
 function show(root, name) {

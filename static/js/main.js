@@ -6,6 +6,7 @@ import { initEdits, refresh as refreshEdits } from "./edits.js";
 import { initFilter } from "./filter.js";
 import { initFocus } from "./focus.js";
 import { initHeader } from "./header.js";
+import { initInvestigate } from "./investigate.js";
 import { initLive } from "./live.js";
 import { initPatches, refresh as refreshPatches } from "./patches.js";
 import { emit, on, select, showError, state } from "./state.js";
@@ -49,5 +50,6 @@ initPatches();
 initFilter();
 initHeader(loadModel);
 initLive();
+initInvestigate();
 loadModel();
 window.__ts = { state, select, canvas: canvasView }; // handy in the console and for browser tests
