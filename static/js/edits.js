@@ -16,7 +16,6 @@ export function initEdits() {
     el("ul", { class: "list", id: "edits-list" }),
   );
   on("edits-changed", refresh);
-  on("model", refresh);
 }
 
 export async function refresh(changedTensors) {

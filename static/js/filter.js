@@ -60,6 +60,8 @@ function apply() {
     test = text ? matcher(text) : () => true;
   } catch (e) {
     err.textContent = `not a valid regular expression: ${e.message}`;
+    count.textContent = "";
+    setChildren(list);
     return;
   }
   const min = lo === "" ? -Infinity : Number(lo), max = hi === "" ? Infinity : Number(hi);

@@ -3,6 +3,7 @@
 // index for each other dimension.
 
 import { api, tensorPath } from "./api.js";
+import { react } from "./plot.js";
 import { initEditor } from "./editor.js";
 import { initHexView } from "./hexview.js";
 import { clearError, cssVar, el, emit, fmtBytes, fmtNum, groupColor, on, setChildren, showError, state } from "./state.js";
@@ -169,7 +170,7 @@ async function loadRank(g) {
     out.textContent = `rank ${r.rank}${r.rank_is_lower_bound ? "+" : ""} of ${r.max_rank} (${r.method}) · stable ${fmtNum(r.stable_rank)} · effective ${fmtNum(r.effective_rank)}`;
     const plot = document.getElementById("rank-plot");
     plot.hidden = false;
-    Plotly.react(plot, [{ y: r.singular_values, type: "scatter", mode: "lines", line: { color: cssVar("--accent") } }],
+    await react(plot, [{ y: r.singular_values, type: "scatter", mode: "lines", line: { color: cssVar("--accent") } }],
       plotLayout({ yaxis: { type: "log", title: { text: "σ" } }, xaxis: { title: { text: "index" } } }), PLOT_CONFIG);
   } catch (e) {
     out.textContent = "";
@@ -189,7 +190,7 @@ async function loadHistogram(g) {
     if (g !== gen) return;
     const centers = h.edges.slice(0, -1).map((e, i) => (e + h.edges[i + 1]) / 2);
     const logY = document.getElementById("hist-log").checked;
-    Plotly.react("hist-plot", [{ x: centers, y: h.counts, type: "bar", marker: { color: groupColor(focus.tensor.metadata_for_canvas.type_group) },
+    await react("hist-plot", [{ x: centers, y: h.counts, type: "bar", marker: { color: groupColor(focus.tensor.metadata_for_canvas.type_group) },
       hovertemplate: "%{x:.4g}: %{y}<extra></extra>" }],
     plotLayout({ bargap: 0, yaxis: { type: logY ? "log" : "linear" } }), PLOT_CONFIG);
   } catch (e) {
@@ -288,7 +289,7 @@ export async function loadSlice(g = gen) {
     if (g !== gen) return;
     focus.data = d;
     focus.overview = null;
-    drawHeatmap(d);
+    await drawHeatmap(d);
     document.getElementById("slice-info").textContent =
       `${d.slice_definition} · ${d.slice_shape.join("×") || "scalar"} · ${d.view} · range [${fmtNum(d.min_value_in_slice)}, ${fmtNum(d.max_value_in_slice)}]`
       + (d.nonfinite_count ? ` · ${d.nonfinite_count} NaN/Inf (blank)` : "");
@@ -311,7 +312,7 @@ async function loadOverview(g) {
     const rowAt = (i) => Math.floor((i * nr) / br), colAt = (j) => Math.floor((j * nc) / bc);
     const plot = document.getElementById("heatmap");
     const lim = robustLimit(o.mean);
-    Plotly.react(plot, [{
+    await react(plot, [{
       type: "heatmap", z: o.mean, x: Array.from({ length: bc }, (_, j) => colAt(j)), y: Array.from({ length: br }, (_, i) => rowAt(i)),
       zmin: -lim, zmax: lim, zmid: 0, colorscale: [[0, "#2f6fe4"], [0.5, cssVar("--panel-2")], [1, "#f08a3c"]],
       hovertemplate: "rows from %{y}, cols from %{x}: block mean %{z}<extra></extra>", colorbar: { thickness: 10, outlinewidth: 0 },
@@ -346,11 +347,11 @@ function axisValues(dim) {
   return Array.from({ length: n }, (_, i) => a + i * st);
 }
 
-function drawHeatmap(d) {
+async function drawHeatmap(d) {
   const plot = document.getElementById("heatmap");
   const s = focus.slice;
   if (!d.slice_shape.length) {
-    Plotly.purge(plot);
+    if (window.Plotly) window.Plotly.purge(plot);
     plot.textContent = `value: ${fmtNum(d.data)}`;
     return;
   }
@@ -366,7 +367,7 @@ function drawHeatmap(d) {
     hovertemplate: `[${hoverIdx}] = %{z}<extra></extra>`, xgap: 0, ygap: 0,
     colorbar: { thickness: 10, outlinewidth: 0, tickfont: { size: 10 } },
   };
-  Plotly.react(plot, [trace], plotLayout({
+  await react(plot, [trace], plotLayout({
     yaxis: { autorange: "reversed", title: { text: s.row !== null ? `dim ${s.row}` : "" } },
     xaxis: { title: { text: `dim ${s.col}` } },
     shapes: selectionShapes(),
@@ -389,7 +390,7 @@ function drawHeatmap(d) {
         focus.anchor = { r, c };
         focus.sel = { r0: r, r1: r, c0: c, c1: c };
       }
-      Plotly.relayout(plot, { shapes: selectionShapes() });
+      window.Plotly.relayout(plot, { shapes: selectionShapes() });
       emit("cell-selected", { ...focus.sel, value: p.z });
     });
   }

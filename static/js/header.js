@@ -88,6 +88,7 @@ function openExportDialog() {
   const dlg = document.getElementById("export-dialog");
   clearError(document.getElementById("export-error"));
   document.getElementById("export-status").textContent = "";
+  document.getElementById("export-status").className = "export-status";
   document.getElementById("export-progress").hidden = true;
   document.getElementById("export-confirm").disabled = false;
   const box = document.getElementById("export-patch-choice");

@@ -3,6 +3,7 @@
 // by itself; toggles are messages, so the latest state always wins on the server.
 
 import { api } from "./api.js";
+import { react } from "./plot.js";
 import { PLOT_CONFIG, plotLayout } from "./focus.js";
 import { clearError, cssVar, el, emit, fmtBytes, fmtNum, setChildren, showError } from "./state.js";
 
@@ -12,7 +13,10 @@ let seq = 0;
 let last = null;
 let lastStatus = null;
 let modulesLoaded = false;
+let loadWanted = false; // the Live tab was opened: load the model once the socket says it is unloaded
+let outbox = []; // messages sent while disconnected, delivered on reconnect
 export const liveMetrics = { sent: new Map(), latencies: [] }; // seq -> send time (for tests/bench)
+window.__tsLive = { metrics: liveMetrics, socket: () => socket, last: () => last }; // for browser tests
 
 export function initLive() {
   const root = document.getElementById("tab-live");
@@ -54,8 +58,17 @@ export function initLive() {
   );
   connect();
   document.querySelector('[data-tab="live"]').addEventListener("click", () => {
-    if (lastStatus && lastStatus.state === "unloaded") send({ type: "load" });
+    loadWanted = true;
+    autoload();
   });
+}
+
+function autoload() {
+  // the first status may arrive after the click: whichever comes last sends the load
+  if (loadWanted && lastStatus && lastStatus.state === "unloaded" && socket.readyState === WebSocket.OPEN) {
+    loadWanted = false;
+    send({ type: "load" });
+  }
 }
 
 function buildForm() {
@@ -92,6 +105,10 @@ function connect() {
   socket.onopen = () => {
     retry = 0;
     setConn("connected");
+    clearError(document.getElementById("live-error"));
+    const queued = outbox;
+    outbox = [];
+    queued.forEach((m) => socket.send(JSON.stringify(m)));
   };
   socket.onmessage = (m) => {
     const msg = JSON.parse(m.data);
@@ -116,7 +133,10 @@ export function send(msg) {
   const m = { ...msg, seq: ++seq };
   liveMetrics.sent.set(m.seq, performance.now());
   if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(m));
-  else showError(new Error("not connected to the live model yet; retrying"), document.getElementById("live-error"));
+  else {
+    outbox.push(m);
+    showError(new Error("not connected to the live model: sent when the connection is back"), document.getElementById("live-error"));
+  }
   return m.seq;
 }
 
@@ -155,6 +175,7 @@ function renderStatus(s) {
   if (!prompt.value && s.prompt) prompt.value = s.prompt;
   if (s.state === "ready" && !modulesLoaded) loadModules();
   if (s.state !== "ready") modulesLoaded = false;
+  autoload();
 }
 
 async function loadModules() {
@@ -183,7 +204,7 @@ function renderLogits(m) {
   const top = [...m.top].sort((a, b) => b.prob - a.prob);
   const labels = top.map((t) => JSON.stringify(t.token));
   const accent = cssVar("--accent"), muted = cssVar("--muted");
-  Plotly.react("live-chart", [
+  react("live-chart", [
     { type: "bar", orientation: "h", name: "base", y: labels, x: top.map((t) => t.base_prob), marker: { color: muted },
       hovertemplate: "%{y}: %{x:.4f} (base)<extra></extra>" },
     { type: "bar", orientation: "h", name: "patched", y: labels, x: top.map((t) => t.prob), marker: { color: accent },

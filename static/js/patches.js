@@ -19,7 +19,6 @@ export function initPatches() {
     el("div", { id: "patch-report" }),
     el("ul", { class: "list", id: "patch-list" }),
   );
-  on("model", refresh);
   on("patches-changed", refresh);
 }
 
