@@ -275,6 +275,7 @@ def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, as_jso
         raise SurgeryError("give exactly one of --out OUT or --in-place", field="out")
     loaded = _read_patches(patches)
     if in_place:
+        _open(model).close()  # the next start after a crash finishes an interrupted apply first
         result = apply_in_place(model, loaded)
         emit(result, as_json, f"patched {result['model']} in place: {result['entries']} entries, "
              f"{result['changed_bytes']:,} bytes; backup (the inverse patch): {result['backup']}")

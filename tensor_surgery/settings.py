@@ -49,6 +49,24 @@ class Settings(BaseSettings):
     llm_model: str | None = Field(
         None, description="LiteLLM model name for the investigation agent (unset: agent off)."
     )
+    llm_api_base: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Base URL of an OpenAI-compatible server for LLM_MODEL (e.g. http://127.0.0.1:11434/v1); "
+        "unset: the provider's own. Only settings choose where the agent's requests go.",
+    )
+    llm_api_key: SecretStr | None = Field(
+        None,
+        description="API key for LLM_API_BASE. Unset: the provider's usual variable (OPENAI_API_KEY, "
+        "ANTHROPIC_API_KEY, ...) from the environment or .env.",
+    )
+    llm_timeout: float = Field(60.0, gt=0, le=3600, description="Seconds to wait for one LLM response.")
+    llm_num_retries: int = Field(
+        2, ge=0, le=10, description="Retries of an LLM call that timed out, was rate-limited or hit a server error."
+    )
+    llm_max_steps: int = Field(
+        8, ge=1, le=50, description="Most LLM calls (rounds of tool use) for one question before the agent stops."
+    )
     max_slice_cells: int = Field(
         1 << 20, ge=1, description="Most cells one slice request may return."
     )

@@ -3,6 +3,7 @@ results checked against files written and modified independently of our writer."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -391,21 +392,23 @@ def test_recover_noop_and_pending_intent_blocks(run, hf_tiny, patch_file, tmp_pa
     monkeypatch.undo()
     assert sha256(hf_tiny) != original  # torn: half the entries written
     assert (hf_tiny.parent / apply_mod.INTENT_NAME).exists()
-    # nothing else may use the torn model until it is recovered
-    r = run("patch", "apply", hf_tiny, patch_file, "--in-place")
-    assert r.exit_code == 1 and "recover" in r.stderr
-    r = run("patch", "apply", hf_tiny, patch_file, "--out", tmp_path / "o")
-    assert r.exit_code == 1 and "recover" in r.stderr and not (tmp_path / "o").exists()
-    r = run("patch", "verify", hf_tiny, patch_file)
-    assert r.exit_code == 1 and "recover" in r.stderr
-    r = run("patch", "diff", hf_tiny, hf_tiny, "--out", tmp_path / "d.hexpatch")
-    assert r.exit_code == 1 and "recover" in r.stderr and not (tmp_path / "d.hexpatch").exists()
-    # roll back, then the same apply works and recover is a no-op again
+    # an explicit rollback, before anything else starts on the model, restores the old bytes
     r = run("patch", "recover", hf_tiny, "--rollback", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["direction"] == "rollback"
     assert sha256(hf_tiny) == original
-    assert run("patch", "apply", hf_tiny, patch_file, "--in-place").exit_code == 0
+    assert "no interrupted" in run("patch", "recover", hf_tiny).stdout
+
+    # torn again: the next start of any command finishes the apply (what the user asked for),
+    # says so on stderr, and then goes on (here: the patch is already in, so it conflicts)
+    monkeypatch.setattr(apply_mod, "_write_entries", half)
+    assert run("patch", "apply", hf_tiny, patch_file, "--in-place").exit_code == 1
+    monkeypatch.undo()
+    assert sha256(hf_tiny) not in (original, hashlib.sha256(patched).hexdigest())
+    r = run("patch", "verify", hf_tiny, patch_file)
+    assert "interrupted" in r.stderr and "finished" in r.stderr
     assert hf_tiny.read_bytes() == patched
+    assert r.exit_code == 1 and "conflict" in r.stdout
+    assert not (hf_tiny.parent / apply_mod.INTENT_NAME).exists()
     assert "no interrupted" in run("patch", "recover", hf_tiny).stdout
 
 

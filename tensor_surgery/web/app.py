@@ -11,6 +11,8 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..agent.session import Investigator
+from ..agent.store import ConversationStore
 from ..jobs import JobRunner
 from ..settings import Settings
 from ..surgery.journal import Journal
@@ -18,7 +20,7 @@ from ..surgery.library import PatchLibrary
 from ..surgery.staging import Staging
 from ..workspace import Workspace
 from ..live.service import LiveService
-from . import routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
+from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
 
@@ -31,6 +33,7 @@ ROUTERS = [
     routes_export.router,
     routes_live.router,
     routes_live.ws_router,
+    routes_agent.router,
 ]
 
 DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.
@@ -66,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.staging = staging
     app.state.library = PatchLibrary(settings.patch_dir)
     app.state.jobs = JobRunner()
+    app.state.investigator = Investigator(workspace, ConversationStore(journal.engine), settings)
     app.state.live = LiveService(workspace, staging, settings)
     workspace.switch_listeners.append(app.state.live.model_switched)
     install_error_handlers(app)
