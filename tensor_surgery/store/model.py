@@ -336,24 +336,26 @@ def _gc_paused():
         gc.enable()
 
 
-def _safe_shard_name(index_path: str, tensor: str, shard) -> str:
-    if (
-        not isinstance(shard, str)
-        or not shard
-        or shard in (".", "..")
-        or "/" in shard
-        or "\\" in shard
-        or "\0" in shard
-        or not shard.endswith(".safetensors")
-    ):
-        raise InvalidModelFile(
-            f"{index_path}: weight_map[{tensor!r}] = {shard!r} is not a plain "
-            "*.safetensors file name in the index's folder",
-            file=index_path,
-            field="weight_map",
-            tensor=tensor,
-        )
-    return shard
+def _is_plain_shard_name(shard: str) -> bool:
+    """A plain *.safetensors file name: shard names come from a hostile file, never paths."""
+    return (
+        bool(shard)
+        and shard not in (".", "..")
+        and "/" not in shard
+        and "\\" not in shard
+        and "\0" not in shard
+        and shard.endswith(".safetensors")
+    )
+
+
+def _bad_shard_name(index_path: str, tensor: str, shard) -> None:
+    raise InvalidModelFile(
+        f"{index_path}: weight_map[{tensor!r}] = {shard!r} is not a plain "
+        "*.safetensors file name in the index's folder",
+        file=index_path,
+        field="weight_map",
+        tensor=tensor,
+    )
 
 
 def _read_index(index_path: str) -> dict:
@@ -405,14 +407,15 @@ def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
     obj = _read_index(index_path)
     folder = os.path.dirname(os.path.abspath(index_path))
     weight_map: dict[str, str] = obj["weight_map"]
-    by_shard: dict[str, list[str]] = {}
-    for tensor, shard in weight_map.items():
-        listed = by_shard.get(shard) if type(shard) is str else None
-        if listed is None:  # each shard name is checked once, not once per tensor
-            listed = by_shard[_safe_shard_name(index_path, tensor, shard)] = []
-        listed.append(tensor)
+    if set(map(type, weight_map.values())) != {str}:
+        tensor, shard = next((t, s) for t, s in weight_map.items() if type(s) is not str)
+        _bad_shard_name(index_path, tensor, shard)
+    shards = list(dict.fromkeys(weight_map.values()))  # distinct shard names, in index order
+    for shard in shards:
+        if not _is_plain_shard_name(shard):
+            _bad_shard_name(index_path, next(t for t, s in weight_map.items() if s == shard), shard)
 
-    missing = [s for s in by_shard if not os.path.isfile(os.path.join(folder, s))]
+    missing = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise InvalidModelFile(
@@ -422,46 +425,43 @@ def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
 
     files: list[SafetensorsFile] = []
     tensors: dict[str, TensorRef] = {}
+    owner_of = weight_map.get
     try:
-        for shard, listed in by_shard.items():
+        for shard in shards:
             shard_path = os.path.join(folder, shard)
             if guard:
                 guard(shard_path)
             f = SafetensorsFile(shard_path)
             files.append(f)
-            if len(f.tensors) == len(listed) and f.tensors.keys() == set(listed):
-                # The usual case, checked in bulk: the shard holds exactly what the index puts in
-                # it. That also rules out a tensor stored in two shards (the index names one).
-                tensors.update(f.tensors)
-                continue
-            for name, info in f.tensors.items():
+            # every tensor the shard holds must be one the index puts in this shard; that also
+            # rules out a tensor stored in two shards (the index names only one of them)
+            strays = [name for name in f.tensors if owner_of(name) != shard]
+            if strays:
+                name = strays[0]
                 if name in tensors:
-                    raise InvalidModelFile(
-                        f"{index_path}: tensor {name!r} is stored in both "
-                        f"{os.path.basename(tensors[name].file.path)} and {shard}",
-                        file=index_path, tensor=name, field="weight_map",
-                    )
-                owner = weight_map.get(name)
-                if owner != shard:
+                    msg = f"tensor {name!r} is stored in both {os.path.basename(tensors[name].file.path)} and {shard}"
+                else:
+                    owner = owner_of(name)
                     where = f"the index puts it in {owner}" if owner else "the index does not list it"
-                    raise InvalidModelFile(
-                        f"{index_path}: tensor {name!r} is stored in {shard} but {where}",
-                        file=index_path, tensor=name, field="weight_map",
-                    )
-                tensors[name] = info
-            absent = [t for t in listed if t not in f.tensors]
-            if absent:
-                raise InvalidModelFile(
-                    f"{index_path}: weight_map puts {len(absent)} tensor(s) in {shard} that it "
-                    f"does not hold, e.g. {absent[0]!r}",
-                    file=index_path, tensor=absent[0], field="weight_map",
-                )
+                    msg = f"tensor {name!r} is stored in {shard} but {where}"
+                raise InvalidModelFile(f"{index_path}: {msg}", file=index_path, tensor=name, field="weight_map")
+            tensors.update(f.tensors)
+        if len(tensors) != len(weight_map):
+            # some tensor the index lists is in none of the shards (each shard held only its own)
+            absent = [t for t in weight_map if t not in tensors]
+            shard = weight_map[absent[0]]
+            n = sum(1 for t in absent if weight_map[t] == shard)
+            raise InvalidModelFile(
+                f"{index_path}: weight_map puts {n} tensor(s) in {shard} that it does not hold, "
+                f"e.g. {absent[0]!r}",
+                file=index_path, tensor=absent[0], field="weight_map",
+            )
     except BaseException:
         for f in files:
             f.close()
         raise
 
-    warnings = _extra_shard_warnings(folder, set(by_shard))
+    warnings = _extra_shard_warnings(folder, set(shards))
     meta = obj.get("metadata")
     metadata = {k: str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
     total = meta.get("total_size") if isinstance(meta, dict) else None
