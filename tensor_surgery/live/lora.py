@@ -24,7 +24,6 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import InvalidRequest, SurgeryError
@@ -154,6 +153,8 @@ class Adapters:
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str) or not _NAME.match(name):
             raise InvalidRequest("adapter name: 1-64 letters, digits, '_' or '-'", field="name")
+        if name in "lora_":  # PEFT finds its parameters by that prefix: such a name can reset weights on loading
+            raise InvalidRequest(f"adapter name {name!r} is part of PEFT's 'lora_' prefix; choose another", field="name")
         if name in self.infos:
             raise InvalidRequest(f"an adapter named {name!r} exists; delete it or choose another name", field="name")
 
@@ -221,13 +222,21 @@ class Adapters:
         return {"path": str(out), "files": sorted(p.name for p in out.iterdir())}
 
     def deltas(self, name: str) -> dict[str, torch.Tensor]:
-        """Checkpoint weight name -> the float32 delta this adapter adds to it."""
+        """Checkpoint weight name -> the delta this adapter adds to it: B @ A * scaling, in float64 for a
+        plain LoRA linear layer (so W + delta is rounded once, when cast back), else PEFT's own."""
+        from peft.tuners.lora import Linear as LoraLinear
+
         self.get(name)
         out = {}
         for n, m in self.peft.named_modules():
             if hasattr(m, "lora_A") and name in m.lora_A:
                 module = n.split("base_model.model.", 1)[-1]
-                out[f"{module}.weight"] = m.get_delta_weight(name).detach().float().cpu()
+                if isinstance(m, LoraLinear) and m.lora_variant.get(name) is None:
+                    d = m.lora_B[name].weight.detach().cpu().double() @ m.lora_A[name].weight.detach().cpu().double()
+                    d = (d.T if m.fan_in_fan_out else d) * m.scaling[name]
+                else:  # DoRA and other variants: their merge is not B @ A
+                    d = m.get_delta_weight(name).detach().cpu().double()
+                out[f"{module}.weight"] = d
         return out
 
     # -- state ----------------------------------------------------------------------------------
@@ -244,8 +253,12 @@ class Adapters:
 
     def delete(self, name: str) -> None:
         self.get(name)
-        self.peft.delete_adapter(name)
         del self.infos[name]
+        if self.infos:
+            self.peft.delete_adapter(name)
+        else:  # the last one: take PEFT off (its wrappers give back the same parameters), run bare
+            self.peft.unload()
+            self.peft = None
 
     def active(self) -> list[str]:
         return sorted(n for n, i in self.infos.items() if i.enabled)
@@ -264,11 +277,6 @@ class Adapters:
 
     def list(self) -> list[dict]:
         return [i.to_json() for i in self.infos.values()]
-
-
-def merged_values(current: np.ndarray, delta: torch.Tensor) -> np.ndarray:
-    """float64 values of W + delta (W as currently staged), for casting back to the stored dtype."""
-    return current.astype(np.float64) + delta.double().numpy().reshape(current.shape)
 
 
 def _int_list(v, field_name: str) -> list[int]:

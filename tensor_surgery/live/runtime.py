@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..store import Model, TensorReader
@@ -54,15 +55,8 @@ class LiveModel:
     unmapped: dict[str, str] = field(default_factory=dict)  # tensor -> why edits cannot reach it
     applied: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)  # runs now in the params
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def param_bytes(self) -> int:
-        seen, n = set(), 0
-        for p in self.hf_model.parameters():
-            if p.data_ptr() not in seen:
-                seen.add(p.data_ptr())
-                n += p.numel() * p.element_size()
-        return n
+    param_bytes: int = 0  # counted once at load: status() must not walk modules the worker is wrapping
+    _decoded: dict[int, str] = field(default_factory=dict)
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -92,7 +86,7 @@ class LiveModel:
         hf.to(dev).eval()
         params, unmapped = _map_params(store_model, hf)
         say("ready", 1.0)
-        return cls(store_model, hf, tokenizer, dev, dtype, params, unmapped)
+        return cls(store_model, hf, tokenizer, dev, dtype, params, unmapped, param_bytes=_param_bytes(hf))
 
     def unload(self) -> None:
         self.hf_model = None
@@ -100,6 +94,8 @@ class LiveModel:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
 
     # -- staged bytes -----------------------------------------------------------------------------
 
@@ -141,6 +137,12 @@ class LiveModel:
             ids = ids[:, -max_tokens:]  # the next token depends on the end of the prompt
         return ids.to(self.device), truncated
 
+    def decode(self, token_id: int) -> str:
+        """One token's text (cached: the same few tokens are shown pass after pass)."""
+        if token_id not in self._decoded:
+            self._decoded[token_id] = self.tokenizer.decode([token_id])
+        return self._decoded[token_id]
+
     def logits(self, ids: torch.Tensor, model=None) -> tuple[torch.Tensor, float]:
         """Next-token logits; `model` is the PEFT wrapper when adapters exist (see Adapters)."""
         t0 = time.perf_counter()
@@ -151,25 +153,53 @@ class LiveModel:
         return out.cpu(), (time.perf_counter() - t0) * 1000
 
 
-def top_k(logits: torch.Tensor, tokenizer, k: int, base: torch.Tensor | None = None) -> list[dict]:
-    """Top-k tokens of `logits`; with `base`, the union with base's top-k and each change."""
-    probs = torch.softmax(logits, dim=-1)
-    ids = torch.topk(logits, k).indices.tolist()
+def top_k(logits: torch.Tensor, decode, k: int, base: torch.Tensor | None = None) -> list[dict]:
+    """Top-k tokens of `logits`; with `base`, the union with base's top-k and each change.
+
+    In numpy: a handful of small operations over the vocabulary, which torch would spread over
+    its thread pool (costly when the cores are busy) for no gain."""
+    lg = logits.numpy()
+    probs = _softmax(lg)
+    ids = _top_ids(lg, k)
     if base is not None:
-        bprobs = torch.softmax(base, dim=-1)
-        for i in torch.topk(base, k).indices.tolist():
-            if i not in ids:
-                ids.append(i)
+        bl = base.numpy()
+        bprobs = _softmax(bl)
+        ids += [i for i in _top_ids(bl, k) if i not in ids]
+    sel = np.array(ids)
+    ranks = (lg[None, :] > lg[sel, None]).sum(axis=1)
+    if base is not None:
+        branks = (bl[None, :] > bl[sel, None]).sum(axis=1)
     out = []
-    for i in ids:
-        row = {"id": i, "token": tokenizer.decode([i]), "logit": float(logits[i]), "prob": float(probs[i]),
-               "rank": int((logits > logits[i]).sum())}
+    for j, i in enumerate(ids):
+        row = {"id": i, "token": decode(i), "logit": float(lg[i]), "prob": float(probs[i]),
+               "rank": int(ranks[j])}
         if base is not None:
-            row.update(base_logit=float(base[i]), base_prob=float(bprobs[i]),
-                       base_rank=int((base > base[i]).sum()),
-                       delta_logit=float(logits[i] - base[i]), delta_prob=float(probs[i] - bprobs[i]))
+            row.update(base_logit=float(bl[i]), base_prob=float(bprobs[i]), base_rank=int(branks[j]),
+                       delta_logit=float(lg[i] - bl[i]), delta_prob=float(probs[i] - bprobs[i]))
         out.append(row)
     return out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x.astype(np.float64) - x.max())
+    return e / e.sum()
+
+
+def _top_ids(x: np.ndarray, k: int) -> list[int]:
+    """The k largest, largest first (ties: lower id first, as torch.topk on CPU)."""
+    k = min(k, x.size)
+    part = np.argpartition(-x, k - 1)[:k]
+    return [int(i) for i in part[np.lexsort((part, -x[part]))]]
+
+
+def _param_bytes(hf) -> int:
+    """Bytes of the model's parameters and buffers, tied ones counted once."""
+    seen, n = set(), 0
+    for t in [*hf.parameters(), *hf.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            n += t.numel() * t.element_size()
+    return n
 
 
 def _merged_ranges(runs: list[tuple[int, bytes]]) -> list[tuple[int, int]]:

@@ -17,8 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 from ..errors import InvalidRequest, SurgeryError
 from ..settings import Settings
@@ -47,13 +46,15 @@ class LiveService:
         self.model_path: str | None = None
         self.wanted = Wanted(settings.live_prompt, settings.live_top_k)
         self.last: dict | None = None
-        self._base_cache: dict[tuple, object] = {}
-        self._overlay_cache: tuple | None = None
+        self._base_cache: dict[str, tuple] = {}  # prompt -> (input ids, truncated, base logits)
+        self._edits_cache: tuple | None = None  # (journal version, staged edits of the live model)
+        self._overlay_cache: dict[frozenset, tuple] = {}  # disabled edits -> (overlays, edit list)
         self._subs: set[Subscriber] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._dirty = False
         self._load_request: str | None = None
+        self._target: str | None = None  # the model asked for by the last load (until an unload)
         self._unload_request = False
         self._jobs: list[Callable[[], None]] = []  # work that must run on the model's thread
         self._thread: threading.Thread | None = None
@@ -67,7 +68,12 @@ class LiveService:
         return lambda: self._subs.discard(fn)
 
     def subscribe_async(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Callable[[], None]:
-        return self.subscribe(lambda msg: loop.call_soon_threadsafe(queue.put_nowait, msg))
+        def put(msg: dict) -> None:  # on the loop's thread; a page that does not keep up loses the oldest
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(msg)
+
+        return self.subscribe(lambda msg: loop.call_soon_threadsafe(put, msg))
 
     def _publish(self, msg: dict) -> None:
         for fn in list(self._subs):
@@ -110,7 +116,9 @@ class LiveService:
 
         check_hf_folder(model)  # fails fast, without torch, for folders that cannot run
         with self._wake:
-            self._load_request = model.path
+            if self.state in ("loading", "ready") and self._target == model.path:
+                return self.status()  # loaded or on its way: a second page's Load is not a reload
+            self._target = self._load_request = model.path
             self.state, self.message, self.progress = "loading", "starting", 0.0
             self._dirty = True
             self._wake.notify()
@@ -120,6 +128,7 @@ class LiveService:
 
     def unload(self) -> dict:
         with self._wake:
+            self._target = None
             self._unload_request = True
             self._dirty = True
             self._wake.notify()
@@ -132,26 +141,30 @@ class LiveService:
                 raise InvalidRequest("the prompt is empty", field="prompt")
             if len(prompt) > 100_000:
                 raise InvalidRequest("the prompt is over 100,000 characters", field="prompt")
-            self.wanted.prompt = prompt
-        if k is not None:
-            if not 1 <= k <= 100:
-                raise InvalidRequest("k must be between 1 and 100", field="k")
-            self.wanted.k = k
-        self.wanted.seq = max(self.wanted.seq, seq)
+        if k is not None and not 1 <= k <= 100:
+            raise InvalidRequest("k must be between 1 and 100", field="k")
+        with self._wake:
+            if prompt is not None:
+                self.wanted.prompt = prompt
+            if k is not None:
+                self.wanted.k = k
+            self.wanted.seq = max(self.wanted.seq, seq)
         self._autoload()
         self._poke()
 
     def toggle_edit(self, edit_id: int, enabled: bool, seq: int = 0) -> None:
-        if enabled:
-            self.wanted.disabled_edits.discard(edit_id)
-        else:
-            self.wanted.disabled_edits.add(edit_id)
-        self.wanted.seq = max(self.wanted.seq, seq)
+        with self._wake:  # the worker copies `wanted` under this lock: it never sees half a change
+            if enabled:
+                self.wanted.disabled_edits.discard(edit_id)
+            else:
+                self.wanted.disabled_edits.add(edit_id)
+            self.wanted.seq = max(self.wanted.seq, seq)
         self._poke()
 
     def toggle_adapter(self, name: str, enabled: bool, seq: int = 0) -> dict:
         info = self.call(lambda: self._adapters().set_enabled(name, enabled))
-        self.wanted.seq = max(self.wanted.seq, seq)
+        with self._wake:
+            self.wanted.seq = max(self.wanted.seq, seq)
         self._poke()
         return info.to_json()
 
@@ -196,27 +209,38 @@ class LiveService:
 
     def merge_adapter(self, name: str, model):
         """Stage the adapter's weight deltas as byte edits (W + delta, cast back with round-to-nearest-even)
-        on top of the current staged state, then turn the adapter off: its effect now lives in the bytes."""
+        on top of the current staged state, then turn the adapter off: its effect now lives in the bytes.
+
+        Runs as one job on the model's thread, so no pass ever shows the adapter and its merged bytes
+        together (nor neither)."""
         import numpy as np
 
         from ..surgery.ops import ByteRun, cast_to_dtype
         from ..surgery.runs import changed_runs
 
-        deltas = self.call(lambda: self._adapters().deltas(name))
-        info = self.call(lambda: self._adapters().get(name))
-        runs: list[ByteRun] = []
-        for tensor, delta in deltas.items():
-            reader = self.staging.reader(model, tensor)
-            ref = reader.ref
-            if not ref.dtype.decodable or ref.dtype.packed:
-                raise SurgeryError(f"cannot merge into {tensor!r}: {ref.dtype.name} values cannot be edited", tensor=tensor)
-            current = reader.read_values(tuple(slice(0, n) for n in ref.shape))
-            new = cast_to_dtype(current.astype(np.float64) + delta.double().numpy().reshape(ref.shape), ref.dtype).tobytes()
-            orig = reader.read_bytes(0, ref.nbytes)
-            runs += [ByteRun(tensor, a, orig[a:b], new[a:b]) for a, b in changed_runs(orig, new)]
-        edit = self.staging.stage_runs(
-            model, f"merge LoRA {name!r} ({info.description})", {"op": "merge_lora", "adapter": name, **info.spec}, runs)
-        self.call(lambda: self._adapters().set_enabled(name, False))
+        def merge():
+            adapters = self._adapters()
+            info = adapters.get(name)
+            runs: list[ByteRun] = []
+            for tensor, delta in adapters.deltas(name).items():
+                if tensor not in model.tensors:
+                    raise SurgeryError(f"cannot merge into {tensor!r}: the checkpoint has no such tensor "
+                                       "(a tied or renamed weight)", tensor=tensor)
+                reader = self.staging.reader(model, tensor)
+                ref = reader.ref
+                if not ref.dtype.decodable or ref.dtype.packed:
+                    raise SurgeryError(f"cannot merge into {tensor!r}: {ref.dtype.name} values cannot be edited",
+                                       tensor=tensor)
+                current = reader.read_values(tuple(slice(0, n) for n in ref.shape)).astype(np.float64)
+                new = cast_to_dtype(current + delta.double().numpy().reshape(ref.shape), ref.dtype).tobytes()
+                orig = reader.read_bytes(0, ref.nbytes)
+                runs += [ByteRun(tensor, a, orig[a:b], new[a:b]) for a, b in changed_runs(orig, new)]
+            edit = self.staging.stage_runs(model, f"merge LoRA {name!r} ({info.description})",
+                                           {"op": "merge_lora", "adapter": name, **info.spec}, runs)
+            adapters.set_enabled(name, False)
+            return edit
+
+        edit = self.call(merge)
         self._poke()
         return edit
 
@@ -248,18 +272,20 @@ class LiveService:
                         job()  # callers get their answers (or errors) rather than a timeout
                     return
                 jobs, self._jobs = self._jobs, []
-                dirty, self._dirty = self._dirty, False
                 load, self._load_request = self._load_request, None
                 unload, self._unload_request = self._unload_request, False
             for job in jobs:
                 job()
+            with self._wake:  # after the jobs: changes they asked for are part of this pass
+                dirty, self._dirty = self._dirty, False
+                wanted = replace(self.wanted, disabled_edits=set(self.wanted.disabled_edits))
             try:
                 if unload:
                     self._do_unload("unloaded")
                 if load:
                     self._do_load(load)
-                if (dirty or jobs) and self.state == "ready":
-                    self._compute()
+                if dirty and self.state == "ready":
+                    self._compute(wanted)
             except SurgeryError as e:
                 self._publish({"type": "error", "message": e.message, **e.context})
             except Exception as e:  # a bug; keep the thread alive and say what happened
@@ -267,11 +293,12 @@ class LiveService:
                 self._publish({"type": "error", "message": f"live model failed: {type(e).__name__}: {e}"})
 
     def _do_unload(self, why: str) -> None:
-        if self.live is not None:
-            self.live.unload()
-        self.live = self.adapters = None
+        live, self.live, self.adapters = self.live, None, None  # the PEFT wrapper holds the modules too
+        if live is not None:
+            live.unload()  # then the memory (and the GPU cache) is actually freed
         self._base_cache.clear()
-        self._overlay_cache = None
+        self._edits_cache = None
+        self._overlay_cache.clear()
         self.model_path = None
         self.state, self.message, self.progress = "unloaded", why, 0.0
         self.last = None
@@ -281,7 +308,8 @@ class LiveService:
         from .lora import Adapters
         from .runtime import LiveModel
 
-        self._do_unload("loading another model")
+        if self.live is not None:
+            self._do_unload("loading another model")
         self.state, self.message, self.progress = "loading", "starting", 0.0
         model = self.ws.model()
         if model.path != path:
@@ -298,49 +326,57 @@ class LiveService:
             self.state, self.message = "error", e.message
             self._publish(self.status())
             return
+        except Exception as e:  # out of memory, a broken weight file...: say so, never stay "loading"
+            traceback.print_exc()
+            self.state, self.message = "error", f"loading failed: {type(e).__name__}: {e}"
+            self._publish(self.status())
+            return
         self.adapters = Adapters(self.live)
         self.model_path = model.path
         self.state = "ready"
         self.message = f"loaded in {time.perf_counter() - t0:.1f} s"
         self.progress = 1.0
         self._publish(self.status())
-        self._dirty = True
 
-    def _overlays(self) -> dict[str, list[tuple[int, bytes]]]:
-        """Staged runs of the enabled edits, oldest first, per tensor (cached per journal state)."""
-        model = self.live.store_model
-        key = (self.staging.journal.version, frozenset(self.wanted.disabled_edits))
-        if self._overlay_cache and self._overlay_cache[0] == key:
-            return self._overlay_cache[1]
-        out: dict[str, list[tuple[int, bytes]]] = {}
-        edits = self.staging.edits(model)
-        for e in edits:
-            if e.id in self.wanted.disabled_edits:
-                continue
-            for r in e.runs:
-                out.setdefault(r.tensor_name, []).append((r.offset, r.new))
-        self._edit_list = [{"id": e.id, "description": e.description, "enabled": e.id not in self.wanted.disabled_edits}
-                           for e in edits]
-        self._overlay_cache = (key, out)
-        return out
+    def _overlays(self, disabled: set[int]) -> tuple[dict[str, list[tuple[int, bytes]]], list[dict]]:
+        """Staged runs of the enabled edits, oldest first, per tensor, and the edit list for the pages.
 
-    def _compute(self) -> None:
+        The journal is read once per staged state; toggling back and forth finds both states cached."""
+        version = self.staging.journal.version
+        if self._edits_cache is None or self._edits_cache[0] != version:
+            self._edits_cache = (version, self.staging.edits(self.live.store_model))
+            self._overlay_cache.clear()
+        key = frozenset(disabled)
+        if key not in self._overlay_cache:
+            out: dict[str, list[tuple[int, bytes]]] = {}
+            edits = self._edits_cache[1]
+            for e in edits:
+                if e.id not in disabled:
+                    for r in e.runs:
+                        out.setdefault(r.tensor_name, []).append((r.offset, r.new))
+            listing = [{"id": e.id, "description": e.description, "enabled": e.id not in disabled} for e in edits]
+            if len(self._overlay_cache) >= 8:
+                self._overlay_cache.pop(next(iter(self._overlay_cache)))
+            self._overlay_cache[key] = (out, listing)
+        return self._overlay_cache[key]
+
+    def _compute(self, w: Wanted) -> None:
         from .runtime import top_k
 
         t0 = time.perf_counter()
         live, adapters = self.live, self.adapters
-        w = self.wanted
         prompt, k, seq = w.prompt, w.k, w.seq
-        ids, truncated = live.encode(prompt, self.settings.live_max_prompt_tokens)
-        base_key = (prompt, self.settings.live_max_prompt_tokens)
-        base = self._base_cache.get(base_key)
-        if base is None:  # the base model: no staged bytes, no adapters
+        if prompt not in self._base_cache:  # its tokens, and the base model's logits (no staged bytes, no adapters)
+            ids, truncated = live.encode(prompt, self.settings.live_max_prompt_tokens)
             live.apply_overlays({})
             model, ctx = adapters.forward_model([])
             with ctx:
                 base, _ = live.logits(ids, model)
-            self._base_cache[base_key] = base
-        overlays = self._overlays()
+            if len(self._base_cache) >= 32:
+                self._base_cache.pop(next(iter(self._base_cache)))
+            self._base_cache[prompt] = (ids, truncated, base)
+        ids, truncated, base = self._base_cache[prompt]
+        overlays, edit_list = self._overlays(w.disabled_edits)
         live.apply_overlays(overlays)
         model, ctx = adapters.forward_model()
         with ctx:
@@ -352,9 +388,9 @@ class LiveService:
         self.last = {
             "type": "logits", "seq": seq, "prompt": prompt, "k": k, "prompt_tokens": int(ids.shape[1]),
             "truncated": truncated, "notice": notice,
-            "top": top_k(logits, live.tokenizer, k, base),
+            "top": top_k(logits, live.decode, k, base),
             "forward_ms": round(fwd_ms, 2), "total_ms": round((time.perf_counter() - t0) * 1000, 2),
-            "edits": getattr(self, "_edit_list", []), "adapters": adapters.list(),
+            "edits": edit_list, "adapters": adapters.list(),
             "unmapped": sorted(live.unmapped)[:20],
         }
         self._publish(self.last)

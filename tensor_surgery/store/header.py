@@ -17,7 +17,6 @@ start of the data section. Rules checked here (reference loader's, then ours):
 from __future__ import annotations
 
 import json
-import math
 import operator
 import os
 import struct

@@ -10,7 +10,6 @@ crash the process with SIGBUS).
 from __future__ import annotations
 
 import gc
-import json
 import mmap
 import os
 import re

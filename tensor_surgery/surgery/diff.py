@@ -13,8 +13,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import InvalidRequest
 from ..store import Model
 from . import hexpatch as hp

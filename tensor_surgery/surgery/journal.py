@@ -29,7 +29,7 @@ from sqlalchemy import (
     delete,
     func,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from ..errors import Conflict, InvalidRequest, SurgeryError
 from .ops import ByteRun, ComputedEdit

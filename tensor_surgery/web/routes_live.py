@@ -8,7 +8,7 @@ import json
 from pathlib import Path as FsPath
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Path, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import SurgeryError
@@ -165,9 +165,13 @@ async def live_socket(websocket: WebSocket) -> None:
         if live.last:
             await websocket.send_text(json.dumps(live.last))
         while True:
-            raw = await websocket.receive_text()
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
             try:
-                await asyncio.to_thread(_handle, live, raw)
+                if message.get("text") is None:  # a binary frame
+                    raise SurgeryError("messages are JSON text")
+                await asyncio.to_thread(_handle, live, message["text"])
             except SurgeryError as e:
                 await websocket.send_text(json.dumps({"type": "error", "message": e.message, **e.context}))
     except WebSocketDisconnect:
