@@ -159,22 +159,7 @@ def bench_slice(iters: int) -> tuple[list[tuple], float]:
 
 
 def smollm2_shaped_specs() -> list[tuple[str, str, tuple[int, ...]]]:
-    hidden, inter, vocab, layers, kv = 576, 1536, 49152, 30, 192
-    specs = [("model.embed_tokens.weight", "BF16", (vocab, hidden)), ("model.norm.weight", "BF16", (hidden,))]
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        specs += [
-            (p + "self_attn.q_proj.weight", "BF16", (hidden, hidden)),
-            (p + "self_attn.k_proj.weight", "BF16", (kv, hidden)),
-            (p + "self_attn.v_proj.weight", "BF16", (kv, hidden)),
-            (p + "self_attn.o_proj.weight", "BF16", (hidden, hidden)),
-            (p + "mlp.gate_proj.weight", "BF16", (inter, hidden)),
-            (p + "mlp.up_proj.weight", "BF16", (inter, hidden)),
-            (p + "mlp.down_proj.weight", "BF16", (hidden, inter)),
-            (p + "input_layernorm.weight", "BF16", (hidden,)),
-            (p + "post_attention_layernorm.weight", "BF16", (hidden,)),
-        ]
-    return specs
+    return sparse_models.llama_specs(hidden=576, inter=1536, vocab=49152, layers=30, kv=192, tied=True)
 
 
 def make_random_smollm2(path: Path = OUT / "smollm2-shaped-random.safetensors") -> Path:

@@ -174,11 +174,8 @@ def write_sharded(
 # -- Llama-3-70B ----------------------------------------------------------------------------------
 
 
-def llama70b_specs() -> list[Spec]:
-    hidden, inter, vocab, layers = 8192, 28672, 128256, 80
-    heads, kv_heads = 64, 8
-    head_dim = hidden // heads
-    kv = kv_heads * head_dim
+def llama_specs(hidden: int, inter: int, vocab: int, layers: int, kv: int, tied: bool = False) -> list[Spec]:
+    """Tensor specs of a Llama-architecture model (BF16), as checkpoints name and shape them."""
     specs: list[Spec] = [("model.embed_tokens.weight", "BF16", (vocab, hidden))]
     for i in range(layers):
         p = f"model.layers.{i}."
@@ -193,8 +190,15 @@ def llama70b_specs() -> list[Spec]:
             (p + "input_layernorm.weight", "BF16", (hidden,)),
             (p + "post_attention_layernorm.weight", "BF16", (hidden,)),
         ]
-    specs += [("model.norm.weight", "BF16", (hidden,)), ("lm_head.weight", "BF16", (vocab, hidden))]
+    specs.append(("model.norm.weight", "BF16", (hidden,)))
+    if not tied:  # a tied head shares the embedding and is not stored
+        specs.append(("lm_head.weight", "BF16", (vocab, hidden)))
     return specs
+
+
+def llama70b_specs() -> list[Spec]:
+    # 64 heads of 128, 8 of them for keys and values (grouped-query attention)
+    return llama_specs(hidden=8192, inter=28672, vocab=128256, layers=80, kv=8 * 128)
 
 
 def make_llama70b(folder: str | os.PathLike = BENCH_OUT / "llama3-70b") -> Path:

@@ -34,10 +34,9 @@ def smol_dir(demo_models_dir) -> Path:
     return demo_models_dir / "SmolLM2-135M-Instruct"
 
 
-def write_tiny_llama(path: Path, layers: int = 2, hidden: int = 16, inter: int = 32, vocab: int = 64, seed: int = 0) -> Path:
-    """A small Llama-named model with real random BF16/F32 values (safetensors' own writer)."""
+def tiny_llama_tensors(layers: int = 2, hidden: int = 16, inter: int = 32, vocab: int = 64, seed: int = 0) -> dict:
+    """A small Llama-named model's tensors with real random BF16 (and F32 norm) values."""
     import ml_dtypes
-    from safetensors.numpy import save_file
 
     rng = np.random.default_rng(seed)
 
@@ -58,8 +57,15 @@ def write_tiny_llama(path: Path, layers: int = 2, hidden: int = 16, inter: int =
             p + "input_layernorm.weight": np.ones(hidden, np.float32),
             p + "post_attention_layernorm.weight": np.ones(hidden, np.float32),
         }
+    return t
+
+
+def write_tiny_llama(path: Path, layers: int = 2, hidden: int = 16, inter: int = 32, vocab: int = 64, seed: int = 0) -> Path:
+    """`tiny_llama_tensors` written with the safetensors library's own writer."""
+    from safetensors.numpy import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(t, str(path), metadata={"format": "pt"})
+    save_file(tiny_llama_tensors(layers, hidden, inter, vocab, seed), str(path), metadata={"format": "pt"})
     return path
 
 

@@ -63,23 +63,9 @@ def tensor_bytes(path: str | Path, name: str) -> bytes:
 
 
 def random_tensors(seed: int = 0, layers: int = 3, hidden: int = 32, vocab: int = 96) -> dict[str, np.ndarray]:
-    import ml_dtypes
+    from .conftest import tiny_llama_tensors
 
-    rng = np.random.default_rng(seed)
-
-    def bf16(*shape):
-        return (rng.standard_normal(shape) * 0.05).astype(ml_dtypes.bfloat16)
-
-    t = {"model.embed_tokens.weight": bf16(vocab, hidden), "model.norm.weight": np.ones(hidden, np.float32)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        t |= {
-            p + "self_attn.q_proj.weight": bf16(hidden, hidden),
-            p + "self_attn.o_proj.weight": bf16(hidden, hidden),
-            p + "mlp.down_proj.weight": bf16(hidden, 2 * hidden),
-            p + "input_layernorm.weight": rng.standard_normal(hidden).astype(np.float32),
-        }
-    return t
+    return tiny_llama_tensors(layers=layers, hidden=hidden, inter=2 * hidden, vocab=vocab, seed=seed)
 
 
 def write_sharded(folder: Path, shards: int = 3, seed: int = 0, side_files: bool = True) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import Conflict, SurgeryError
 from ..store import Model, TensorReader, open_model
 from . import hexpatch as hp
-from .library import atomic_write, fsync_dir
+from .library import atomic_write, fsync_path
 from .runs import ByteMap
 
 INTENT_NAME = ".tensor-surgery-inplace.json"
@@ -164,7 +164,7 @@ def apply_in_place(model_path: str | os.PathLike, patches: list[tuple[str, hp.He
         _write_entries(model, forward)
         intent.unlink()
         fwd_path.unlink()
-        fsync_dir(folder)
+        fsync_path(folder)
         return {"model": model.path, "backup": str(backup_path), "entries": len(forward.entries),
                 "changed_bytes": forward.changed_bytes}
     finally:
@@ -204,7 +204,7 @@ def recover_in_place(model_path: str | os.PathLike, rollback: bool = False) -> d
     fwd = folder / info["forward"]
     if fwd.exists():
         fwd.unlink()
-    fsync_dir(folder)
+    fsync_path(folder)
     return {"recovered": True, "direction": "rollback" if rollback else "rollforward",
             "entries": len(patch.entries), "backup": str(folder / info["backup"])}
 

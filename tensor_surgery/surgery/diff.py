@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import InvalidRequest
 from ..store import Model
 from . import hexpatch as hp
-from .library import fsync_dir
+from .library import fsync_path
 from .runs import changed_runs
 
 CHUNK = 16 << 20
@@ -87,7 +87,7 @@ def diff_models(a: Model, b: Model, out: str | os.PathLike, description: str = "
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-        fsync_dir(out.parent)
+        fsync_path(out.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

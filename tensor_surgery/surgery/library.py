@@ -51,7 +51,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -60,7 +60,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by path (a folder's entry list is what a rename changes)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -132,4 +133,4 @@ class PatchLibrary:
             p.unlink()
         except FileNotFoundError:
             raise PatchNotFound(f"no patch named {p.name!r} in the library", name=name) from None
-        fsync_dir(p.parent)
+        fsync_path(p.parent)

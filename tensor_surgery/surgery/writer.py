@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import InvalidRequest, SurgeryError
 from ..store import Model
-from .library import fsync_dir
+from .library import fsync_path
 
 Runs = dict[str, list[tuple[int, bytes]]]
 Progress = Callable[[int, int], None]
@@ -189,7 +189,7 @@ def export_model(
             _write_same(model, tmp, runs, tick) if layout is None else \
                 _write_resharded(model, tmp, layout, runs, tick)
             _copy_side_files(model, tmp)
-            fsync_dir(tmp)
+            fsync_path(tmp)
         _replace(tmp, out, overwrite)
     except BaseException:
         if tmp.is_dir():
@@ -231,7 +231,7 @@ def _write_same(model: Model, target: Path, runs: Runs, tick, single: bool = Fal
     if model.kind == "sharded" and not single:  # (a one-shard model exported to one file: no index)
         dst = target / os.path.basename(model.path)
         shutil.copyfile(model.path, dst)
-        _fsync_file(dst)
+        fsync_path(dst)
         written.append(dst)
     return written
 
@@ -276,7 +276,7 @@ def _write_resharded(model: Model, target: Path, layout: list[list[str]], runs: 
         index = {"metadata": {"total_size": model.nbytes}, "weight_map": dict(sorted(weight_map.items()))}
         dst = target / "model.safetensors.index.json"
         dst.write_text(json.dumps(index, indent=2) + "\n")
-        _fsync_file(dst)
+        fsync_path(dst)
         written.append(dst)
     return written
 
@@ -286,15 +286,8 @@ def _copy_side_files(model: Model, target: Path) -> None:
     for entry in os.scandir(folder):
         if entry.name in SIDE_FILES and entry.is_file():
             shutil.copyfile(entry.path, target / entry.name)
-            _fsync_file(target / entry.name)
+            fsync_path(target / entry.name)
 
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
@@ -308,7 +301,7 @@ def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
             os.replace(out, old)
     os.replace(tmp, out)
-    fsync_dir(out.parent)
+    fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
