@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from tensor_surgery.errors import InvalidRequest, TensorNotFound, TooLarge, UnsupportedDtype
 from tensor_surgery.store import TensorReader, open_model
+from tensor_surgery.store.rank import tensor_rank
 from tensor_surgery.store import slicing, stats
 from tensor_surgery.store.dtypes import DTYPES, value_table
 
@@ -222,7 +223,7 @@ def test_f6_values_are_refused_but_hex_view_works(dtype, every_dtype, every_dtyp
         lambda: slicing.overview(reader),
         lambda: stats.tensor_stats(reader),
         lambda: stats.tensor_histogram(reader),
-        lambda: stats.tensor_rank(reader),
+        lambda: tensor_rank(reader),
     ):
         with pytest.raises(UnsupportedDtype) as info:
             call()
@@ -883,12 +884,12 @@ def test_rank_tolerance_is_numpys(tmp_path: Path) -> None:
     path = write_model(tmp_path / "g.safetensors", {"a": ("F32", a.shape, a.tobytes())})
     with open_model(path) as model:
         reader = TensorReader(model.tensor("a"))
-        out = stats.tensor_rank(reader, method="exact")
+        out = tensor_rank(reader, method="exact")
         s = np.linalg.svd(a.astype(np.float64), compute_uv=False)
         assert out["tolerance"] == pytest.approx(s[0] * 120 * np.finfo(np.float32).eps, rel=1e-9)
         assert out["rank"] == np.linalg.matrix_rank(a) == 4
-        assert stats.tensor_rank(reader, method="randomized", k=16)["rank"] == 4
-        assert stats.tensor_rank(reader, rtol=0.05)["rank"] == 2  # 0.1 > 0.05 > 0.01
+        assert tensor_rank(reader, method="randomized", k=16)["rank"] == 4
+        assert tensor_rank(reader, rtol=0.05)["rank"] == 2  # 0.1 > 0.05 > 0.01
         stable = float(np.sum(a.astype(np.float64) ** 2)) / s[0] ** 2
         assert out["stable_rank"] == pytest.approx(stable, rel=1e-9)
 
@@ -917,7 +918,7 @@ def test_rank_matches_numpy(tmp_path: Path) -> None:
     path = write_model(tmp_path / "rank.safetensors", tensors)
     with open_model(path) as model:
         def rank(name, **kw):
-            return stats.tensor_rank(TensorReader(model.tensor(name)), **kw)
+            return tensor_rank(TensorReader(model.tensor(name)), **kw)
 
         for name, r in (("r1", 1), ("r5", 5), ("r17", 17), ("full", 40)):
             assert np.linalg.matrix_rank(mats[name]) == r

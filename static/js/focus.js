@@ -55,7 +55,7 @@ export function fullIndex(r, c, s = focus.slice) {
 
 export function initFocus() {
   const root = document.getElementById("tab-focus");
-  root.append(el("p", { class: "placeholder", text: "Select a tensor on the canvas, or find one with the filter below." }));
+  root.append(el("p", { class: "empty-state", text: "Select a tensor on the canvas, or find one with the filter below." }));
   on("select", (name) => show(root, name));
   on("staged", (names) => {
     if (focus.tensor && (!names || names.includes(focus.tensor.name))) refresh(root);

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from ..store import slicing
+from ..store.rank import tensor_rank
 from ..store import stats as st
 from .deps import ModelDep, SettingsDep, ViewParam, WorkspaceDep
 
@@ -157,7 +158,7 @@ def tensor_overview(
     "/tensor_rank/{tensor_name:tensor}",
     summary="Numerical rank of a 2-D tensor from its singular values (exact or randomized)",
 )
-def tensor_rank(
+def tensor_rank_route(
     tensor_name: str,
     ws: WorkspaceDep,
     view: ViewParam = "base",
@@ -168,5 +169,5 @@ def tensor_rank(
     reader = ws.reader(tensor_name, view)
     key = ("rank", reader.ref.file.path, reader.ref.file.identity, tensor_name, reader.cache_token, method, k, rtol)
     return ws.cache.get_or_compute(
-        key, lambda: st.tensor_rank(reader, method=method, k=k, rtol=rtol), lambda r: 8 * 600 + 1024
+        key, lambda: tensor_rank(reader, method=method, k=k, rtol=rtol), lambda r: 8 * 600 + 1024
     )
