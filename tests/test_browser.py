@@ -586,3 +586,21 @@ def test_light_theme_errors_next_to_the_action(ui):
     ui.wait_rendered()
     assert page.evaluate("document.documentElement.dataset.theme") == "light"
     ui.guard.assert_clean()
+
+
+@pytest.mark.browser
+def test_settings_dialog_shows_server_settings_and_applies_prefs(ui):
+    page = ui.page
+    ui.open()
+    page.click("#settings-btn")
+    page.wait_for_selector("#server-settings tr >> nth=3")
+    rows = page.inner_text("#server-settings")
+    assert "MODEL_PATH" in rows and "ALLOWED_ROOTS" in rows and "LIVE_DEVICE" in rows
+    page.select_option("#settings-form select[name=window]", "32")
+    page.select_option("#settings-form select[name=theme]", "light")
+    page.click("#settings-form button[value=save]")
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    assert page.evaluate("window.__ts.state.prefs.window") == 32
+    page.evaluate("window.__ts.select('model.layers.0.mlp.down_proj.weight')")
+    page.wait_for_function("document.getElementById('heatmap') && document.getElementById('heatmap').data")
+    assert page.evaluate("document.getElementById('heatmap').data[0].z.length") == 32

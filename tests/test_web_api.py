@@ -154,3 +154,20 @@ def test_openapi_documents_routes(client):
     for route in ("/api/model", "/api/tensors", "/api/tensor_slice/{tensor_name}", "/api/tensor_stats/{tensor_name}",
                   "/api/tensor_histogram/{tensor_name}", "/api/tensor_hex/{tensor_name}"):
         assert route in spec["paths"], route
+
+
+def test_settings_route_redacts_secrets(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL, make_settings
+
+    model = write_tiny_llama(tmp_path / "m" / "model.safetensors")
+    app = create_app(make_settings(tmp_path, model, auth_token="s3cret", llm_api_key="sk-hidden"))
+    with TestClient(app, base_url=BASE_URL) as c:
+        r = c.get("/api/settings", headers={"authorization": "Bearer s3cret"})
+        shown = r.json()["settings"]
+    assert shown["MODEL_PATH"]["value"] == str(model) and shown["MODEL_PATH"]["help"]
+    assert "s3cret" not in r.text and "sk-hidden" not in r.text
+    assert shown["AUTH_TOKEN"]["value"] == "********"

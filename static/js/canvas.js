@@ -225,7 +225,7 @@ export class TensorCanvas {
 
   drawCells(ctx, s) {
     const pad = Math.max(1, s * GAP);
-    const wantThumbs = s >= THUMB_FROM_PX;
+    const wantThumbs = s >= THUMB_FROM_PX && state.prefs.thumbs;
     const missing = [];
     const stagedColor = cssVar("--warn");
     ctx.font = `${Math.min(12, Math.max(9, s / 9))}px ${cssVar("--mono") || "monospace"}`;
@@ -568,5 +568,6 @@ export function initCanvas() {
     view.rebuildBitmap();
   });
   on("reveal", (name) => view.centerOn(name));
+  on("prefs", () => { view.dirty = true; });
   return view;
 }

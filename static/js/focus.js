@@ -8,7 +8,6 @@ import { initEditor } from "./editor.js";
 import { initHexView } from "./hexview.js";
 import { clearError, cssVar, el, emit, fmtBytes, fmtNum, groupColor, on, setChildren, showError, state } from "./state.js";
 
-const DEFAULT_WINDOW = 64;
 const STAT_KEYS = ["min", "max", "mean", "std", "abs_max", "l2_norm", "sparsity", "nan_count", "inf_count", "distinct_values"];
 
 let gen = 0; // bumps when the selected tensor changes: late answers for an old tensor are dropped
@@ -41,7 +40,7 @@ function defaultSlice(shape) {
   s.col = rank - 1;
   s.row = rank >= 2 ? rank - 2 : null;
   shape.forEach((n, d) => {
-    if (d === s.row || d === s.col) s.ranges[d] = [0, Math.min(n, DEFAULT_WINDOW), 1];
+    if (d === s.row || d === s.col) s.ranges[d] = [0, Math.min(n, state.prefs.window), 1];
     else s.idx[d] = 0;
   });
   return s;
@@ -247,7 +246,7 @@ function swapDims(row, col) {
   const shape = focus.tensor.shape;
   const s = { row, col, ranges: {}, idx: {} };
   shape.forEach((n, d) => {
-    if (d === row || d === col) s.ranges[d] = focus.slice.ranges[d] || [0, Math.min(n, DEFAULT_WINDOW), 1];
+    if (d === row || d === col) s.ranges[d] = focus.slice.ranges[d] || [0, Math.min(n, state.prefs.window), 1];
     else s.idx[d] = focus.slice.idx[d] ?? 0;
   });
   focus.slice = s;

@@ -4,7 +4,7 @@
 import { api } from "./api.js";
 import { currentEdits, refresh as refreshEdits } from "./edits.js";
 import { library } from "./patches.js";
-import { clearError, el, emit, fmtBytes, fmtNum, on, setChildren, showError, state } from "./state.js";
+import { clearError, el, emit, fmtBytes, fmtNum, on, savePrefs, setChildren, showError, state } from "./state.js";
 
 export function initHeader(loadModel) {
   document.getElementById("open-model-form").addEventListener("submit", async (e) => {
@@ -28,6 +28,8 @@ export function initHeader(loadModel) {
     setTheme(next);
   });
   setTheme(localStorage.getItem("ts-theme") || "dark");
+  document.getElementById("settings-btn").addEventListener("click", openSettings);
+  document.getElementById("settings-form").addEventListener("submit", applySettings);
   on("model", renderStatus);
 }
 
@@ -46,6 +48,33 @@ function renderStatus() {
     `${fmtNum(m.tensor_count)} tensors · ${fmtBytes(m.total_bytes)} · ${dtypes} · ${m.shards > 1 ? `${m.shards} shards` : "1 file"}`;
   document.getElementById("model-facts").title = m.path + (m.warnings.length ? `\n${m.warnings.join("\n")}` : "");
   if (m.warnings.length) showError(new Error(m.warnings.join("; ")));
+}
+
+// -- settings -----------------------------------------------------------------------------------
+
+async function openSettings() {
+  const form = document.getElementById("settings-form");
+  form.theme.value = document.documentElement.dataset.theme;
+  form.window.value = String(state.prefs.window);
+  form.thumbs.checked = state.prefs.thumbs;
+  clearError(document.getElementById("settings-error"));
+  document.getElementById("settings-dialog").showModal();
+  try {
+    const { settings } = await api("/api/settings");
+    setChildren(document.getElementById("server-settings"),
+      el("tr", {}, el("th", {}, "name"), el("th", {}, "value"), el("th", {}, "meaning")),
+      ...Object.entries(settings).map(([name, s]) => el("tr", {},
+        el("td", {}, name), el("td", { class: "mono" }, s.value || "–"), el("td", { class: "muted", style: "white-space:normal" }, s.help))));
+  } catch (e) {
+    showError(e, document.getElementById("settings-error"));
+  }
+}
+
+function applySettings(e) {
+  if (e.submitter && e.submitter.value === "cancel") return;
+  const form = e.target;
+  setTheme(form.theme.value);
+  savePrefs({ window: Number(form.window.value), thumbs: form.thumbs.checked });
 }
 
 // -- save ---------------------------------------------------------------------------------------

@@ -9,7 +9,23 @@ export const state = {
   view: "base", // "base" | "staged"
   match: null, // Set of names matching the footer filter, or null when no filter
   hideUnmatched: false,
+  prefs: loadPrefs(), // page preferences, kept in localStorage
 };
+
+function loadPrefs() {
+  const defaults = { window: 64, thumbs: true };
+  try {
+    return { ...defaults, ...JSON.parse(localStorage.getItem("ts-prefs") || "{}") };
+  } catch {
+    return defaults;
+  }
+}
+
+export function savePrefs(prefs) {
+  state.prefs = { ...state.prefs, ...prefs };
+  localStorage.setItem("ts-prefs", JSON.stringify(state.prefs));
+  emit("prefs", state.prefs);
+}
 
 const listeners = new Map();
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from .deps import ModelDep, WorkspaceDep
+from .deps import ModelDep, SettingsDep, WorkspaceDep
 
 router = APIRouter(prefix="/api", tags=["model"])
 
@@ -37,3 +37,8 @@ def get_model_info(ws: WorkspaceDep, model: ModelDep) -> dict:
 def open_model(body: OpenModelRequest, ws: WorkspaceDep) -> dict:
     model = ws.open(body.path)
     return model_info(ws, model)
+
+
+@router.get("/settings", summary="The server's settings with their help texts (secrets redacted)")
+def get_settings(settings: SettingsDep) -> dict:
+    return {"settings": settings.describe()}
