@@ -679,3 +679,25 @@ def test_int_casts_round_half_even_and_saturate(values, dtype):
     t = r.clamp(float(info.min), float(info.max)).masked_fill(top, 0).to(tt).numpy()
     t[top.numpy()] = info.max
     assert np.array_equal(got, t)
+
+
+def test_checksummed_patch_on_a_model_too_big_to_hash(client, monkeypatch):
+    """Past CHECKSUM_MAX_BYTES the base checksum is not computed: loading and exporting must then
+    skip that check alike, not refuse the patch as made for other weights."""
+    from tensor_surgery.surgery import staging
+
+    name = "model.layers.0.mlp.up_proj.weight"
+    r = client.post("/api/edit_tensor", json={"tensor_name": name, "op": "scale", "factor": 2.0,
+                                              "slice": {"dim0_start": 0, "dim0_end": 2, "dim1_start": 0, "dim1_end": 4}})
+    assert r.status_code == 200, r.text
+    saved = client.post("/api/patches", json={"name": "sized", "description": "x"}).json()
+    assert saved["base_model_checksum"].startswith("sha256:")
+    assert client.delete("/api/edits").status_code == 200
+
+    monkeypatch.setattr(staging, "CHECKSUM_MAX_BYTES", 0)  # as if the model were over the limit
+    client.app.state.staging._checksums.clear()
+    verify = client.post("/api/patches/sized/verify").json()
+    assert verify["ok"], verify
+    r = client.post("/api/export", json={"include_staged": False, "patches": ["sized.hexpatch"]})
+    assert r.status_code == 202, r.text
+    assert client.post("/api/patches/sized/load").status_code == 200

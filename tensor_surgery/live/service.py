@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import InvalidRequest, SurgeryError
 from ..settings import Settings
+from ..surgery.staging import overlays
 
 Subscriber = Callable[[dict], None]
 
@@ -348,12 +349,8 @@ class LiveService:
             self._overlay_cache.clear()
         key = frozenset(disabled)
         if key not in self._overlay_cache:
-            out: dict[str, list[tuple[int, bytes]]] = {}
             edits = self._edits_cache[1]
-            for e in edits:
-                if e.id not in disabled:
-                    for r in e.runs:
-                        out.setdefault(r.tensor_name, []).append((r.offset, r.new))
+            out = overlays(edits, key)
             listing = [{"id": e.id, "description": e.description, "enabled": e.id not in disabled} for e in edits]
             if len(self._overlay_cache) >= 8:
                 self._overlay_cache.pop(next(iter(self._overlay_cache)))

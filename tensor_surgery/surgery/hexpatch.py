@@ -294,7 +294,7 @@ def find_conflicts(
 
     `read_bytes` is the current state (the base model, or the base with staged edits). Checksums
     are compared only when the patch carries them and the state is the base model
-    (`model_checksum_fn` given).
+    (`model_checksum_fn` given; it may answer None when the model is too big to hash).
     """
     out: list[ConflictItem] = []
     for i, e in enumerate(patch.entries):
@@ -321,8 +321,8 @@ def find_conflicts(
                 f"patches[{i}]: {e.tensor_name!r} at byte {e.offset_bytes} holds other bytes than the patch expects",
                 i, e.tensor_name, e.offset_bytes, _short_hex(e.original), _short_hex(actual)))
     if model_checksum_fn is not None and patch.base_model_checksum and not out:
-        actual = model_checksum_fn()
-        if actual != patch.base_model_checksum:
+        actual = model_checksum_fn()  # None: not computed (a model too big to hash in time)
+        if actual is not None and actual != patch.base_model_checksum:
             out.append(ConflictItem(
                 "checksum",
                 f"base_model_checksum is {patch.base_model_checksum} but {model.name} is {actual}: "

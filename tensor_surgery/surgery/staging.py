@@ -26,6 +26,16 @@ def model_key(model: Model) -> str:
     return os.path.realpath(model.path)
 
 
+def overlays(edits, skip: set[int] | frozenset = frozenset()) -> dict[str, list[tuple[int, bytes]]]:
+    """Each tensor's byte runs from `edits` (oldest first, later ones win), leaving out `skip` ids."""
+    out: dict[str, list[tuple[int, bytes]]] = {}
+    for e in edits:
+        if e.id not in skip:
+            for r in e.runs:
+                out.setdefault(r.tensor_name, []).append((r.offset, r.new))
+    return out
+
+
 class Staging:
     def __init__(self, workspace: Workspace, journal: Journal) -> None:
         self.ws = workspace
@@ -58,8 +68,15 @@ class Staging:
         return self.ws.reader(tensor, "staged", model)
 
     def current_bytes(self, model: Model) -> Callable[[str, int, int], bytes]:
+        """Bytes of the staged state, as of this call: one overlay reader per tensor, because a
+        reader merges every staged run of its tensor and a patch may have thousands of entries."""
+        readers: dict[str, TensorReader] = {}
+
         def read(tensor: str, offset: int, length: int) -> bytes:
-            return self.reader(model, tensor).read_bytes(offset, length)
+            reader = readers.get(tensor)
+            if reader is None:
+                reader = readers[tensor] = self.reader(model, tensor)
+            return reader.read_bytes(offset, length)
 
         return read
 
@@ -132,9 +149,7 @@ class Staging:
 
     def staged_runs(self, model: Model) -> dict[str, list[tuple[int, bytes]]]:
         """Every tensor's staged overlay (what an export writes)."""
-        key = model_key(model)
-        names = set(self.journal.staged_tensors(key))
-        return {n: self.journal.overlay(key, n) for n in sorted(names)}
+        return overlays(self.edits(model))
 
     # -- patches out ----------------------------------------------------------------------------
 
@@ -199,7 +214,7 @@ class Staging:
         staged = bool(self.edits(model))
         conflicts = hp.find_conflicts(
             patch, model, self.current_bytes(model),
-            model_checksum_fn=None if staged else (lambda: self.model_checksum(model) or patch.base_model_checksum),
+            model_checksum_fn=None if staged else (lambda: self.model_checksum(model)),
         )
         if not conflicts and patch.tensor_checksums:
             for name, expected in patch.tensor_checksums.items():
@@ -233,5 +248,4 @@ class Staging:
         from .apply import StateReader, runs_for_patches
 
         state = StateReader(model, self.staged_runs(model) if include_staged else None)
-        checksum = (lambda: self.model_checksum(model) or "")
-        return runs_for_patches(model, patches, state, checksum)
+        return runs_for_patches(model, patches, state, lambda: self.model_checksum(model))
