@@ -57,8 +57,9 @@ class TensorReader:
         """
         nbytes = self.ref.nbytes
         u = self.unit_bytes
-        spans: list[list[int]] = []
-        for off, data in sorted(runs, key=lambda r: r[0]):
+        spans: list[list] = []  # [start, end, indices of the runs inside]
+        for i in sorted(range(len(runs)), key=lambda k: runs[k][0]):
+            off, data = runs[i]
             if off < 0 or off + len(data) > nbytes:
                 raise InvalidRequest(
                     f"staged bytes [{off}, {off + len(data)}) fall outside tensor "
@@ -69,16 +70,16 @@ class TensorReader:
             b = -(-(off + len(data)) // u) * u
             if spans and a <= spans[-1][1]:
                 spans[-1][1] = max(spans[-1][1], b)
+                spans[-1][2].append(i)
             else:
-                spans.append([a, b])
+                spans.append([a, b, [i]])
         raw = self.ref.raw()
         segments = []
-        for a, b in spans:
+        for a, b, inside in spans:  # each run lies inside exactly one span
             buf = np.array(raw[a:b], dtype=np.uint8)
-            for off, data in runs:  # original order: later runs overwrite earlier ones
-                if off < b and off + len(data) > a:
-                    lo, hi = max(off, a), min(off + len(data), b)
-                    buf[lo - a : hi - a] = np.frombuffer(data, np.uint8, hi - lo, lo - off)
+            for i in sorted(inside):  # original order: later runs overwrite earlier ones
+                off, data = runs[i]
+                buf[off - a : off - a + len(data)] = np.frombuffer(data, np.uint8)
             segments.append((a, buf))
         return segments
 
