@@ -909,3 +909,19 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_edit(tmp_path):
         http.close()
     assert persisted[: len(acked)] == acked
     assert len(persisted) - len(acked) in (0, 1)
+
+
+def test_listing_without_runs_agrees_with_the_full_edit(client):
+    """GET /api/edits reads no byte runs; its counts must match the edit read in full."""
+    a = "model.layers.0.mlp.up_proj.weight"
+    b = "model.layers.1.mlp.up_proj.weight"
+    for name in (a, b, a):
+        r = client.post("/api/edit_tensor", json={"tensor_name": name, "op": "scale", "factor": 3.0})
+        assert r.status_code == 200, r.text
+    assert client.post("/api/edits/undo").status_code == 200
+    listing = client.get("/api/edits").json()
+    assert listing["staged_tensors"] == {a: 1, b: 1}
+    for e in listing["edits"] + listing["undone"]:
+        full = client.get(f"/api/edits/{e['id']}", params={"runs": 10_000}).json()
+        assert e["run_count"] == full["run_count"] == len(full["runs"]) > 0
+    assert [e["status"] for e in listing["undone"]] == ["undone"]

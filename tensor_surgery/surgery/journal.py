@@ -29,7 +29,7 @@ from sqlalchemy import (
     delete,
     func,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, raiseload, relationship, sessionmaker
 
 from ..errors import Conflict, InvalidRequest, SurgeryError
 from .ops import ByteRun, ComputedEdit
@@ -82,7 +82,8 @@ class StagedEdit:
     values_changed: int
     bytes_changed: int
     created_at: float
-    runs: list[ByteRun]
+    runs: list[ByteRun]  # empty when listed without them (see Journal.edits)
+    run_count: int
 
     def summary(self, runs_limit: int = 0) -> dict:
         d = {
@@ -95,7 +96,7 @@ class StagedEdit:
             "values_changed": self.values_changed,
             "bytes_changed": self.bytes_changed,
             "created_at": self.created_at,
-            "run_count": len(self.runs),
+            "run_count": self.run_count,
         }
         if runs_limit:
             d["runs"] = [
@@ -119,11 +120,13 @@ class StagedEdit:
         return False
 
 
-def _to_staged(row: EditRow) -> StagedEdit:
+def _to_staged(row: EditRow, run_count: int | None = None) -> StagedEdit:
+    """The edit with its runs, or (given their count) without loading them."""
+    runs = [] if run_count is not None else [ByteRun(r.tensor_name, r.offset, r.original, r.new) for r in row.runs]
     return StagedEdit(
         row.id, row.seq, row.status, row.description, json.loads(row.spec), json.loads(row.tensor_names),
-        row.values_changed, row.bytes_changed, row.created_at,
-        [ByteRun(r.tensor_name, r.offset, r.original, r.new) for r in row.runs],
+        row.values_changed, row.bytes_changed, row.created_at, runs,
+        len(runs) if run_count is None else run_count,
     )
 
 
@@ -152,11 +155,20 @@ class Journal:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def edits(self, model_key: str, status: str = "staged") -> list[StagedEdit]:
+    def edits(self, model_key: str, status: str = "staged", *, with_runs: bool = True) -> list[StagedEdit]:
+        """Edits in stack order. Without runs, their bytes stay in the database: a listing after
+        a whole-tensor edit would otherwise read megabytes per request."""
         with self._session() as s:
-            q = select(EditRow).where(EditRow.model_key == model_key, EditRow.status == status)
+            if with_runs:
+                q = select(EditRow)
+            else:
+                count = select(func.count(RunRow.id)).where(RunRow.edit_id == EditRow.id).scalar_subquery()
+                q = select(EditRow, count).options(raiseload(EditRow.runs))
+            q = q.where(EditRow.model_key == model_key, EditRow.status == status)
             q = q.order_by(EditRow.seq) if status == "staged" else q.order_by(EditRow.undo_order.desc())
-            return [_to_staged(r) for r in s.scalars(q)]
+            if with_runs:
+                return [_to_staged(r) for r in s.scalars(q)]
+            return [_to_staged(r, n) for r, n in s.execute(q)]
 
     def get(self, model_key: str, edit_id: int) -> StagedEdit:
         with self._session() as s:
@@ -179,9 +191,11 @@ class Journal:
     def staged_tensors(self, model_key: str) -> dict[str, int]:
         """Tensor name -> number of staged edits touching it."""
         out: dict[str, int] = {}
-        for e in self.edits(model_key):
-            for name in e.tensor_names:
-                out[name] = out.get(name, 0) + 1
+        with self._session() as s:
+            q = select(EditRow.tensor_names).where(EditRow.model_key == model_key, EditRow.status == "staged")
+            for names in s.scalars(q):
+                for name in json.loads(names):
+                    out[name] = out.get(name, 0) + 1
         return out
 
     # -- writes ---------------------------------------------------------------------------------

@@ -111,11 +111,11 @@ class Staging:
         self._changed(model, "stage_runs")
         return staged
 
-    def edits(self, model: Model) -> list[StagedEdit]:
-        return self.journal.edits(model_key(model))
+    def edits(self, model: Model, *, with_runs: bool = True) -> list[StagedEdit]:
+        return self.journal.edits(model_key(model), with_runs=with_runs)
 
-    def undone(self, model: Model) -> list[StagedEdit]:
-        return self.journal.edits(model_key(model), "undone")
+    def undone(self, model: Model, *, with_runs: bool = True) -> list[StagedEdit]:
+        return self.journal.edits(model_key(model), "undone", with_runs=with_runs)
 
     def get_edit(self, model: Model, edit_id: int) -> StagedEdit:
         return self.journal.get(model_key(model), edit_id)
@@ -211,7 +211,7 @@ class Staging:
 
     def verify_patch(self, model: Model, patch: hp.HexPatch) -> list[hp.ConflictItem]:
         """Conflicts of `patch` against the current staged state (base checksum only if nothing is staged)."""
-        staged = bool(self.edits(model))
+        staged = bool(self.staged_tensors(model))
         conflicts = hp.find_conflicts(
             patch, model, self.current_bytes(model),
             model_checksum_fn=None if staged else (lambda: self.model_checksum(model)),

@@ -71,8 +71,8 @@ def edit_tensor(body: EditRequest, staging: StagingDep, model: ModelDep) -> dict
 def list_edits(staging: StagingDep, model: ModelDep) -> dict:
     return {
         "model": model.name,
-        "edits": [e.summary() for e in staging.edits(model)],
-        "undone": [e.summary() for e in staging.undone(model)],
+        "edits": [e.summary() for e in staging.edits(model, with_runs=False)],
+        "undone": [e.summary() for e in staging.undone(model, with_runs=False)],
         "staged_tensors": staging.staged_tensors(model),
     }
 
