@@ -101,6 +101,21 @@ def client(settings):
         yield c
 
 
+@pytest.fixture
+def run():
+    """The tensor-surgery command in-process: run("ls", path, "--json") -> click Result."""
+    from click.testing import CliRunner
+
+    from tensor_surgery.cli import main
+
+    runner = CliRunner()
+
+    def _run(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return _run
+
+
 def assert_error(resp, status: int, code: str | None = None, contains: str | None = None) -> dict:
     assert resp.status_code == status, resp.text
     err = resp.json()["error"]

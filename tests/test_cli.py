@@ -6,22 +6,9 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
 from safetensors import safe_open
 
-from tensor_surgery.cli import main
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def _run(*args):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-    return _run
 
 
 def test_ls_json_matches_file(run, tiny_model):

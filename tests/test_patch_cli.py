@@ -10,13 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tensor_surgery.cli import main
 from tensor_surgery.store import open_model
 from tensor_surgery.surgery import apply as apply_mod
 from tensor_surgery.surgery import diff as diff_mod
@@ -39,16 +36,6 @@ from .surgery_helpers import (
 EMB = "model.embed_tokens.weight"
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 NORM = "model.norm.weight"
-
-
-@pytest.fixture
-def run():
-    runner = CliRunner()
-
-    def _run(*args):
-        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-    return _run
 
 
 @pytest.fixture
