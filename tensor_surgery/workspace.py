@@ -73,10 +73,13 @@ class LRUCache:
             with self._lock:
                 if key in self._items:
                     return self._items[key][0]
-            value = compute()
+            try:
+                value = compute()
+            finally:  # a failed computation must not leave its gate behind (keys come from requests)
+                with self._lock:
+                    self._inflight.pop(key, None)
             n = size(value)
             with self._lock:
-                self._inflight.pop(key, None)
                 if n <= self.max_bytes:
                     self._items[key] = (value, n)
                     self._bytes += n

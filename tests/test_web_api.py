@@ -171,3 +171,10 @@ def test_settings_route_redacts_secrets(tmp_path):
     assert shown["MODEL_PATH"]["value"] == str(model) and shown["MODEL_PATH"]["help"]
     assert "s3cret" not in r.text and "sk-hidden" not in r.text
     assert shown["AUTH_TOKEN"]["value"] == "********"
+
+
+def test_failed_computations_leave_nothing_in_the_cache(client):
+    ws = client.app.state.workspace
+    for k in range(1, 6):  # a different cache key each time, each failing (rank of a 1-D tensor)
+        assert client.get("/api/tensor_rank/model.norm.weight", params={"k": k}).status_code == 400
+    assert ws.cache._inflight == {}
