@@ -13,9 +13,10 @@ from fastapi.templating import Jinja2Templates
 from .. import __version__
 from ..errors import SurgeryError
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = Jinja2Templates(directory=str(ROOT / "templates"))
-STATIC_DIR = ROOT / "static"
+# The page ships inside the package (package data), so a non-editable install serves it too.
+PAGE_DIR = Path(__file__).resolve().parent
+TEMPLATES = Jinja2Templates(directory=str(PAGE_DIR / "templates"))
+STATIC_DIR = PAGE_DIR / "static"
 
 router = APIRouter(include_in_schema=False)
 
