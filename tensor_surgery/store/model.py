@@ -5,6 +5,11 @@ lazily on first access, and a read touches only the pages it needs. Each file re
 identity it had when validated (size, mtime, inode): a read from a file changed on disk since then
 raises `ModelChanged` instead of trusting stale offsets (a truncated mapping would otherwise
 crash the process with SIGBUS).
+
+That check comes before a read, so a file truncated *during* a read would still fault. Short
+reads (a slice for the viewer) copy from the map in microseconds; long ones (statistics,
+overviews, rank, checksums) are copied with `pread` (`SafetensorsFile.copy_range`), which on a
+shrunk file returns short instead of faulting: that, too, becomes `ModelChanged`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import re
 import stat
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,11 @@ from .header import Header, TensorInfo, read_header, set_file
 
 MAX_INDEX_SIZE = 100_000_000
 PATH_CHECK_INTERVAL = 0.5  # seconds between checks that the path still names the mapped file
+# Reads at least this long are copied with pread, not from the map: copying 256 KiB from the page
+# cache takes ~20 us, a window a truncation cannot realistically hit; a whole-tensor read takes
+# milliseconds to seconds, and one fault in it kills the server.
+LONG_READ_BYTES = 256 << 10
+_PREAD_MAX = 0x7FFFF000  # Linux moves at most this many bytes in one read(2)
 _SHARD_NAME = re.compile(r"^(?P<prefix>.+)-\d{5}-of-(?P<total>\d{5})\.safetensors$")
 
 
@@ -123,11 +134,41 @@ class SafetensorsFile:
             except OSError:
                 changed = True
         if changed:
-            self._stale = True  # once seen changed, every later read refuses too
-            raise ModelChanged(
-                f"{self.path} changed on disk after it was opened; reopen the model to read it",
-                file=self.path,
-            )
+            self._changed()
+
+    def _changed(self):
+        self._stale = True  # once seen changed, every later read refuses too
+        raise ModelChanged(
+            f"{self.path} changed on disk after it was opened; reopen the model to read it",
+            file=self.path,
+        )
+
+    def copy_range(self, info: TensorInfo, lo: int, hi: int) -> np.ndarray:
+        """A copy of bytes [lo, hi) of one tensor, read with pread(2), never through the map.
+
+        Reading a mapped page past the end of a file that another process truncated meanwhile
+        kills the process with SIGBUS, and no Python handler can catch it. pread on a shrunk file
+        returns short instead: that raises `ModelChanged`, and so does a file found changed
+        (rewritten in place) when the read is done.
+        """
+        out = np.empty(max(hi - lo, 0), dtype=np.uint8)
+        if out.size == 0:
+            return out
+        self.buffer()  # opens and validates the descriptor on first use, else checks it unchanged
+        fd = self._fd
+        pos = self.header.data_start + info.begin + lo
+        view = memoryview(out)
+        done = 0
+        try:
+            while done < out.size:
+                n = os.preadv(fd, [view[done : done + _PREAD_MAX]], pos + done)
+                if n <= 0:  # the file ends before the tensor does: it shrank under us
+                    self._changed()
+                done += n
+        except (OSError, TypeError):  # descriptor closed meanwhile (TypeError: fd is None)
+            self._changed()
+        self.check_unchanged()
+        return out
 
     def buffer(self) -> mmap.mmap:
         """The whole file, mapped read-only (mapped on first use)."""
@@ -153,6 +194,9 @@ class SafetensorsFile:
                     except BaseException:
                         os.close(fd)
                         raise
+                    # closed by close(), or when the file is garbage: a model dropped from the
+                    # server's cache is not closed (a request may still be reading it)
+                    self._close_fd = weakref.finalize(self, os.close, fd)
                     self._fd = fd
                 mm = self._mm
         else:
@@ -192,8 +236,15 @@ class SafetensorsFile:
                     pass
                 self._mm = None
             if self._fd is not None:
-                os.close(self._fd)
+                self._close_fd()
                 self._fd = None
+
+    def changed_on_disk(self) -> bool:
+        """Whether the path no longer names the file that was validated (or is gone)."""
+        try:
+            return self._stale or _identity(os.stat(self.path)) != self.identity
+        except OSError:
+            return True
 
 
 # A model's tensor: its header entry, which also knows its file (see TensorInfo).
@@ -208,6 +259,19 @@ class Model:
     tensors: dict[str, TensorRef]
     metadata: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    index_identity: tuple | None = None  # the shard index's, when sharded
+
+    def changed_on_disk(self) -> bool:
+        """Whether any file of the model (each shard, and the index) is no longer the one that was
+        opened: its device, inode, size or mtime differ, or it is gone. Such a model must be opened
+        again, not served from a cache (its reads answer "reopen the model")."""
+        if self.index_identity is not None:
+            try:
+                if _identity(os.stat(self.path)) != self.index_identity:
+                    return True
+            except OSError:
+                return True
+        return any(f.changed_on_disk() for f in self.files)
 
     @property
     def folder(self) -> str:
@@ -357,7 +421,7 @@ def _bad_shard_name(index_path: str, tensor: str, shard) -> None:
     )
 
 
-def _read_index(index_path: str) -> dict:
+def _read_index(index_path: str) -> tuple[dict, tuple]:
     from .header import _DuplicateKey, loads_unique
 
     try:
@@ -373,6 +437,7 @@ def _read_index(index_path: str) -> dict:
     try:
         # bounded by the size checked above (the stat of the path): a FIFO never gets here
         raw = os.read(fd, min(st.st_size, MAX_INDEX_SIZE) + 1)
+        identity = _identity(os.fstat(fd))
     finally:
         os.close(fd)
     if len(raw) > MAX_INDEX_SIZE:
@@ -399,11 +464,11 @@ def _read_index(index_path: str) -> dict:
         raise InvalidModelFile(
             f"{index_path}: weight_map is empty", file=index_path, field="weight_map"
         )
-    return obj
+    return obj, identity
 
 
 def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
-    obj = _read_index(index_path)
+    obj, index_identity = _read_index(index_path)
     folder = os.path.dirname(os.path.abspath(index_path))
     weight_map: dict[str, str] = obj["weight_map"]
     if set(map(type, weight_map.values())) != {str}:
@@ -470,7 +535,7 @@ def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
         warnings.append(
             f"index metadata says total_size {total:,} bytes; the shards hold {actual:,}"
         )
-    return Model(index_path, "sharded", files, tensors, metadata, warnings)
+    return Model(index_path, "sharded", files, tensors, metadata, warnings, index_identity)
 
 
 def _extra_shard_warnings(folder: str, used: set[str]) -> list[str]:

@@ -6,6 +6,9 @@ statistics views. An overlay is a list of `(offset, bytes)` runs relative to the
 byte (what staged edits and patches produce). Runs may start and end anywhere, even inside an
 element; the reader widens them to whole storage units, so a read sees exactly the bytes an
 export would write.
+
+Long reads go through `pread` rather than the memory map (see `store.model`): a file truncated
+underneath them raises `ModelChanged` instead of killing the process with SIGBUS.
 """
 
 from __future__ import annotations
@@ -16,15 +19,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ..errors import InvalidRequest
-from .dtypes import DType, decode_f4_at
-from .model import TensorRef
+from .dtypes import decode_f4_at
+from .model import LONG_READ_BYTES, TensorRef
 
 Run = tuple[int, bytes]
-
-
-def unit_of(dtype: DType) -> tuple[int, int]:
-    """(bytes, elements) of the smallest whole storage unit of a dtype."""
-    return dtype.unit
 
 
 class TensorReader:
@@ -73,10 +71,9 @@ class TensorReader:
                 spans[-1][2].append(i)
             else:
                 spans.append([a, b, [i]])
-        raw = self.ref.raw()
         segments = []
         for a, b, inside in spans:  # each run lies inside exactly one span
-            buf = np.array(raw[a:b], dtype=np.uint8)
+            buf = self._base_range(a, b)
             for i in sorted(inside):  # original order: later runs overwrite earlier ones
                 off, data = runs[i]
                 buf[off - a : off - a + len(data)] = np.frombuffer(data, np.uint8)
@@ -91,14 +88,20 @@ class TensorReader:
                 f"({self.ref.nbytes} bytes)",
                 tensor=self.ref.name, field="offset",
             )
-        out = np.array(self.ref.raw()[offset : offset + length], dtype=np.uint8)
+        out = self._base_range(offset, offset + length)
         for a, buf in self._segments_between(offset, offset + length):
             lo, hi = max(a, offset), min(a + len(buf), offset + length)
             out[lo - offset : hi - offset] = buf[lo - a : hi - a]
         return out.tobytes()
 
     def base_bytes(self, offset: int, length: int) -> bytes:
-        return bytes(self.ref.raw()[offset : offset + length])
+        return self._base_range(offset, offset + length).tobytes()
+
+    def _base_range(self, lo: int, hi: int) -> np.ndarray:
+        """A copy of the base bytes [lo, hi): long ones with pread, short ones from the map."""
+        if hi - lo >= LONG_READ_BYTES:
+            return self.ref.file.copy_range(self.ref, lo, hi)
+        return np.array(self.ref.raw()[lo:hi], dtype=np.uint8)
 
     def _segments_between(self, lo: int, hi: int) -> Iterator[tuple[int, np.ndarray]]:
         i = max(bisect.bisect_right(self._seg_starts, lo) - 1, 0)
@@ -121,20 +124,28 @@ class TensorReader:
         return self.ref.file.pattern_view(self.ref.info)
 
     def chunk_patterns(self, start: int, stop: int) -> np.ndarray:
-        """Bit patterns of flat elements [start, stop), overlay applied (copy only if needed)."""
+        """Bit patterns of flat elements [start, stop), overlay applied (always a copy: the
+        caller computes on it at leisure, and a view of the map would fault if the file shrank)."""
         self._check_byte_aligned()
         if self.dtype.name == "F4":
             return self._f4_patterns(np.arange(start, stop, dtype=np.int64))
         isz = self.unit_bytes
         lo, hi = start * isz, stop * isz
-        raw = self.ref.raw()[lo:hi]
-        segs = list(self._segments_between(lo, hi)) if self._segments else []
-        if segs:
-            raw = np.array(raw)
-            for a, buf in segs:
+        raw = self._base_range(lo, hi)
+        if self._segments:
+            for a, buf in self._segments_between(lo, hi):
                 s, e = max(a, lo), min(a + len(buf), hi)
                 raw[s - lo : e - lo] = buf[s - a : e - a]
         return raw.view(self.dtype.storage)
+
+    def _copy_of(self, view: np.ndarray, index: tuple) -> np.ndarray:
+        """`np.array(view[index])` of the base view, through pread when the selection is one long
+        contiguous range (a whole tensor for its rank, a band of rows)."""
+        sub = view[index]
+        if sub.nbytes < LONG_READ_BYTES or not sub.flags.c_contiguous:
+            return np.array(sub)  # slices for the viewer: bounded by MAX_SLICE_CELLS
+        lo = sub.__array_interface__["data"][0] - view.__array_interface__["data"][0]
+        return self._base_range(lo, lo + sub.nbytes).view(self.dtype.storage).reshape(sub.shape)
 
     def iter_chunks(self, chunk_elems: int) -> Iterator[np.ndarray]:
         for start in range(0, self.numel, chunk_elems):
@@ -147,12 +158,10 @@ class TensorReader:
             flat = self._flat_indices(index)
             if self.dtype.name == "F4":
                 return self._f4_patterns(flat)
-            out = np.array(self.patterns_view()[index])
+            out = self._copy_of(self.patterns_view(), index)
             self._overlay_elements(out, flat)
             return out
-        if self.ref.info.begin == self.ref.info.end:
-            return np.array(self.patterns_view()[index])
-        return np.array(self.ref.file.pattern_view(self.ref.info)[index])
+        return self._copy_of(self.patterns_view(), index)
 
     def _flat_indices(self, index: tuple) -> np.ndarray:
         if not self.shape:
@@ -181,8 +190,13 @@ class TensorReader:
                 out[sel] = buf.view(self.dtype.storage)[flat[sel] - e0]
 
     def _f4_patterns(self, flat: np.ndarray) -> np.ndarray:
-        raw = self.ref.raw()
-        codes = decode_f4_at(raw, flat).view(np.uint8)
+        if flat.size and 2 * flat.size >= LONG_READ_BYTES and flat.size == flat.max() - flat.min() + 1:
+            # a dense run of elements (a statistics chunk): the bytes it spans, through pread
+            first = int(flat.min()) >> 1
+            raw = self._base_range(first, (int(flat.max()) >> 1) + 1)
+            codes = decode_f4_at(raw, flat - 2 * first).view(np.uint8)
+        else:
+            codes = decode_f4_at(self.ref.raw(), flat).view(np.uint8)
         if self._segments:
             byte_idx = flat >> 1
             for a, buf in self._segments:
@@ -203,7 +217,7 @@ class TensorReader:
         dt = self.dtype
         if not self._segments and not dt.packed and self.ref.info.end > self.ref.info.begin:
             # the viewer's hot path: one copy out of the cached view, then a dtype view
-            return np.array(self.ref.file.pattern_view(self.ref.info)[index]).view(dt.element)
+            return self._copy_of(self.ref.file.pattern_view(self.ref.info), index).view(dt.element)
         return self.decode(self.read_patterns(index))
 
     def values_view(self) -> np.ndarray:
