@@ -51,7 +51,7 @@ def delay(seconds: float, step: dict) -> dict:
 class ScriptedLLM:
     script: list = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)  # request bodies, in order
-    headers: list[dict] = field(default_factory=list)
+    headers: list[dict] = field(default_factory=list)  # names lower-cased: HTTP header names are case-insensitive
     paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -69,7 +69,7 @@ class ScriptedLLM:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with llm._lock:
                     llm.requests.append(body)
-                    llm.headers.append(dict(self.headers))
+                    llm.headers.append({k.lower(): v for k, v in self.headers.items()})  # names are case-insensitive
                     llm.paths.append(self.path)
                     step = llm.script.pop(0) if llm.script else http_error(500, "the test script ran out of steps")
                 if not self.path.rstrip("/").endswith("/chat/completions"):

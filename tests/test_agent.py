@@ -123,7 +123,7 @@ def test_question_runs_tools_feeds_results_back_and_links_the_answer(make_client
     # what went over HTTP: the model, the key, every tool's schema, then the results fed back
     assert len(llm.requests) == 3 and llm.paths == ["/v1/chat/completions"] * 3
     first = llm.requests[0]
-    assert first["model"] == "scripted" and llm.headers[0]["Authorization"] == f"Bearer {KEY}"
+    assert first["model"] == "scripted" and llm.headers[0]["authorization"] == f"Bearer {KEY}"
     assert [t["function"]["name"] for t in first["tools"]] == list(REGISTRY)
     assert [m["role"] for m in first["messages"]] == ["system", "user"]
     fed = seen["tool_messages"]

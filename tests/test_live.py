@@ -453,12 +453,20 @@ def test_lora_peft_round_trip_import_and_merge(lc, fresh_base, kind):
     barrier(live)
     assert live_bytes(lc, weight) == expected
     assert [x["enabled"] for x in lc.get("/api/live/adapters").json()["adapters"]] == [False, False]
-    merged, _ = live_logits(lc)
-    # equal up to BF16 arithmetic: the adapter adds its float32 output to the BF16 layer's, merged
-    # the sum is rounded to BF16 weights (this model's own BF16-vs-float32 logits differ by up to 0.34)
-    assert int(merged.argmax()) == int(with_adapter.argmax())
-    assert float((merged - with_adapter).abs().max()) <= 0.5
-    assert float((merged.softmax(-1) - with_adapter.softmax(-1)).abs().max()) < 0.02
+    merged, ids = live_logits(lc)
+    # Oracle: transformers' own model with exactly those merged BF16 weights gives the same logits.
+    # (Merged and adapter logits are not compared with a tolerance: the adapter adds its float32 output
+    # to the BF16 layer's, merging rounds the sum into BF16 weights, and how far the logits then move
+    # depends on the model and the library's kernels, not on our code.)
+    param = fresh_base.get_submodule(spec["module"]).weight
+    saved = param.detach().clone()
+    try:
+        with torch.no_grad():
+            param.copy_(torch.frombuffer(bytearray(expected), dtype=torch.bfloat16).view(param.shape))
+        assert torch.equal(merged, fresh_logits(fresh_base, ids))
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
     # and the merged edit saves as a .hexpatch
     r = lc.post("/api/patches", json={"name": f"merged-{kind}", "description": "a merged LoRA"})
     assert r.status_code == 200, r.text
