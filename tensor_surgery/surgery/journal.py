@@ -4,7 +4,14 @@ SQLite by default (WAL, synchronous=FULL: once `stage` returns, a SIGKILL or pow
 nothing), any SQLAlchemy URL for a shared server. Each edit keeps its byte runs with the bytes
 they replaced, so edits stack: an edit's original bytes are the staged state it was made on.
 Reverting an edit that a later edit overlaps would leave the later one's original bytes false,
-so it is refused with the names of those edits; undo and redo work on the stack's top.
+so it is refused with the names of those edits.
+
+Undo and redo walk a per-model history of steps: staging an edit, and reverting one. Undo takes
+back the most recent step still done (a revert puts its edit back where it was in the stack;
+every step after it is undone, so the bytes under it are what they were). Redo does the most
+recently undone step again, if the bytes it was made on are still there. Staging a new edit
+clears the redo steps. Edits staged before the history existed (older databases) undo as
+stacked edits, top first.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
@@ -31,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, raiseload, relationship, sessionmaker
 
-from ..errors import Conflict, InvalidRequest, SurgeryError
+from ..errors import Conflict, SurgeryError
 from .ops import ByteRun, ComputedEdit
 
 
@@ -47,7 +55,7 @@ class EditRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_key: Mapped[str] = mapped_column(String(4096), index=True)
     seq: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # staged | undone
+    status: Mapped[str] = mapped_column(String(16), index=True)  # staged | undone | reverted
     undo_order: Mapped[int | None] = mapped_column(Integer, nullable=True)
     description: Mapped[str] = mapped_column(Text)
     spec: Mapped[str] = mapped_column(Text)  # JSON of the request that made it
@@ -69,6 +77,19 @@ class RunRow(Base):
     original: Mapped[bytes] = mapped_column(LargeBinary)
     new: Mapped[bytes] = mapped_column(LargeBinary)
     edit: Mapped[EditRow] = relationship(back_populates="runs")
+
+
+class StepRow(Base):
+    """One step of a model's undo history: an edit staged, or an edit reverted."""
+
+    __tablename__ = "edit_steps"
+    __table_args__ = {"sqlite_autoincrement": True}
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # history order
+    model_key: Mapped[str] = mapped_column(String(4096), index=True)
+    edit_id: Mapped[int] = mapped_column(ForeignKey("edits.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # stage | revert
+    done: Mapped[bool] = mapped_column(Boolean, default=True)
+    undo_order: Mapped[int | None] = mapped_column(Integer, nullable=True)  # redo order: latest undone first
 
 
 @dataclass
@@ -213,7 +234,7 @@ class Journal:
         if not runs:
             raise NothingToStage("the edit changes no bytes: nothing was staged")
         with self._lock, self._session.begin() as s:
-            s.execute(delete(EditRow).where(EditRow.model_key == model_key, EditRow.status == "undone"))
+            _clear_redo(s, model_key)
             seq = (s.scalar(select(func.max(EditRow.seq)).where(EditRow.model_key == model_key)) or 0) + 1
             names = sorted({r.tensor_name for r in runs})
             row = EditRow(
@@ -224,16 +245,21 @@ class Journal:
             )
             s.add(row)
             s.flush()
+            s.add(StepRow(model_key=model_key, edit_id=row.id, action="stage", done=True))
             result = _to_staged(row)
         self._bump()
         return result
 
+    def _blocking(self, model_key: str, target: StagedEdit) -> list[StagedEdit]:
+        return [e for e in self.edits(model_key) if e.seq > target.seq and e.overlaps(target)]
+
     def revert(self, model_key: str, edit_id: int) -> StagedEdit:
+        """Take one edit out of the stack (an undoable step); returns it with status "reverted"."""
         with self._lock:
             target = self.get(model_key, edit_id)
             if target.status != "staged":
-                raise EditNotFound(f"edit #{edit_id} is not staged (it was undone)", edit_id=edit_id)
-            later = [e for e in self.edits(model_key) if e.seq > target.seq and e.overlaps(target)]
+                raise EditNotFound(f"edit #{edit_id} is not staged (it was {target.status})", edit_id=edit_id)
+            later = self._blocking(model_key, target)
             if later:
                 ids = ", ".join(f"#{e.id}" for e in later)
                 raise Conflict(
@@ -242,51 +268,141 @@ class Journal:
                     edit_id=edit_id, blocking=[e.summary() for e in later],
                 )
             with self._session.begin() as s:
-                s.execute(delete(EditRow).where(EditRow.id == edit_id))
+                row = s.get(EditRow, edit_id)
+                row.status = "reverted"
+                s.add(StepRow(model_key=model_key, edit_id=edit_id, action="revert", done=True))
+                result = _to_staged(row)
             self._bump()
-            return target
+            return result
+
+    def _last_done(self, s, model_key: str) -> StepRow | None:
+        return s.scalars(
+            select(StepRow).where(StepRow.model_key == model_key, StepRow.done.is_(True))
+            .order_by(StepRow.id.desc()).limit(1)
+        ).first()
+
+    def _top_staged(self, s, model_key: str) -> EditRow | None:
+        return s.scalars(
+            select(EditRow).where(EditRow.model_key == model_key, EditRow.status == "staged")
+            .order_by(EditRow.seq.desc()).limit(1)
+        ).first()
+
+    def _next_undo(self, s, model_key: str) -> tuple[StepRow | None, EditRow | None]:
+        """The step undo takes back: the latest done step, or (for edits staged before the
+        history existed) the top of the stack when it lies above every recorded step."""
+        step = self._last_done(s, model_key)
+        top = self._top_staged(s, model_key)
+        if step is not None:
+            if step.action == "revert" or top is None or s.get(EditRow, step.edit_id).seq >= top.seq:
+                return step, s.get(EditRow, step.edit_id)
+        if top is None:
+            return None, None
+        return None, top  # an edit without a step (an older database)
+
+    def _next_redo(self, s, model_key: str) -> StepRow | None:
+        return s.scalars(
+            select(StepRow).where(StepRow.model_key == model_key, StepRow.done.is_(False))
+            .order_by(StepRow.undo_order.desc()).limit(1)
+        ).first()
 
     def undo(self, model_key: str) -> StagedEdit:
+        """Take back the latest step. Returns its edit: status "undone" (a staged edit was taken
+        back) or "staged" (a revert was taken back: the edit is in the stack again)."""
         with self._lock, self._session.begin() as s:
-            row = s.scalars(
-                select(EditRow).where(EditRow.model_key == model_key, EditRow.status == "staged")
-                .order_by(EditRow.seq.desc()).limit(1)
-            ).first()
+            step, row = self._next_undo(s, model_key)
             if row is None:
                 raise NothingToStage("nothing to undo: no staged edits")
-            top = s.scalar(select(func.max(EditRow.undo_order)).where(EditRow.model_key == model_key)) or 0
-            row.status, row.undo_order = "undone", top + 1
+            top = max(s.scalar(select(func.max(EditRow.undo_order)).where(EditRow.model_key == model_key)) or 0,
+                      s.scalar(select(func.max(StepRow.undo_order)).where(StepRow.model_key == model_key)) or 0)
+            if step is None:  # record it, so that redo finds it
+                step = StepRow(model_key=model_key, edit_id=row.id, action="stage")
+                s.add(step)
+            step.done, step.undo_order = False, top + 1
+            if step.action == "revert":
+                row.status = "staged"  # back at its place in the stack (its seq never changed)
+            else:
+                row.status, row.undo_order = "undone", top + 1
             result = _to_staged(row)
         self._bump()
         return result
 
     def redo(self, model_key: str, current_bytes) -> StagedEdit:
-        """Restage the most recently undone edit, if the bytes it was made on are still there."""
+        """Do the most recently undone step again, if the bytes it was made on are still there.
+        Returns its edit: status "staged" (restaged) or "reverted" (reverted again)."""
         with self._lock:
-            undone = self.edits(model_key, "undone")
-            if not undone:
-                raise NothingToStage("nothing to redo")
-            edit = undone[0]
-            for r in edit.runs:
-                if current_bytes(r.tensor_name, r.offset, len(r.original)) != r.original:
+            with self._session() as s:
+                step = self._next_redo(s, model_key)
+                if step is None:  # an older database: undone edits without steps
+                    undone = self.edits(model_key, "undone")
+                    if not undone:
+                        raise NothingToStage("nothing to redo")
+                    action, edit = "stage", undone[0]
+                else:
+                    action, edit = step.action, self.get(model_key, step.edit_id)
+                step_id = step.id if step is not None else None
+            if action == "revert":
+                later = self._blocking(model_key, edit)
+                if later:
                     raise Conflict(
-                        f"cannot redo edit #{edit.id}: {r.tensor_name!r} at byte {r.offset} changed since it was undone",
+                        f"cannot redo the revert of edit #{edit.id}: later edit(s) "
+                        f"{', '.join(f'#{e.id}' for e in later)} change the same bytes on top of it",
                         edit_id=edit.id,
                     )
+            else:
+                for r in edit.runs:
+                    if current_bytes(r.tensor_name, r.offset, len(r.original)) != r.original:
+                        raise Conflict(
+                            f"cannot redo edit #{edit.id}: {r.tensor_name!r} at byte {r.offset} changed since it was undone",
+                            edit_id=edit.id,
+                        )
             with self._session.begin() as s:
                 row = s.get(EditRow, edit.id)
-                seq = (s.scalar(select(func.max(EditRow.seq)).where(
-                    EditRow.model_key == model_key, EditRow.status == "staged")) or 0) + 1
-                row.status, row.undo_order, row.seq = "staged", None, seq
+                if action == "revert":
+                    row.status = "reverted"
+                else:
+                    seq = (s.scalar(select(func.max(EditRow.seq)).where(
+                        EditRow.model_key == model_key, EditRow.status == "staged")) or 0) + 1
+                    row.status, row.undo_order, row.seq = "staged", None, seq
+                if step_id is not None:
+                    st = s.get(StepRow, step_id)
+                    st.done, st.undo_order = True, None
+                else:
+                    s.add(StepRow(model_key=model_key, edit_id=row.id, action="stage", done=True))
                 result = _to_staged(row)
             self._bump()
             return result
 
+    def history(self, model_key: str) -> dict:
+        """What undo and redo would do now: {"undo": step | None, "redo": step | None}, each
+        {"action": "stage" | "revert", "edit_id", "description"}."""
+        with self._session() as s:
+            step, row = self._next_undo(s, model_key)
+            undo = None if row is None else {
+                "action": step.action if step is not None else "stage", "edit_id": row.id, "description": row.description}
+            nxt = self._next_redo(s, model_key)
+            if nxt is not None:
+                r = s.get(EditRow, nxt.edit_id)
+                redo = {"action": nxt.action, "edit_id": r.id, "description": r.description}
+            else:
+                r = s.scalars(select(EditRow).where(EditRow.model_key == model_key, EditRow.status == "undone")
+                              .order_by(EditRow.undo_order.desc()).limit(1)).first()
+                redo = None if r is None else {"action": "stage", "edit_id": r.id, "description": r.description}
+            return {"undo": undo, "redo": redo}
+
     def clear(self, model_key: str) -> int:
+        """Discard every edit of the model (reverted and undone ones too) and its history."""
         with self._lock, self._session.begin() as s:
-            n = s.execute(delete(EditRow).where(EditRow.model_key == model_key)).rowcount
+            s.execute(delete(StepRow).where(StepRow.model_key == model_key))
+            n = s.execute(delete(EditRow).where(EditRow.model_key == model_key, EditRow.status != "reverted")).rowcount
+            s.execute(delete(EditRow).where(EditRow.model_key == model_key))
         self._bump()
         return n or 0
+
+
+def _clear_redo(s, model_key: str) -> None:
+    """A new edit: the undone steps cannot be redone any more (undone edits go, reverts stay done)."""
+    s.execute(delete(StepRow).where(StepRow.model_key == model_key, StepRow.done.is_(False)))
+    s.execute(delete(EditRow).where(EditRow.model_key == model_key, EditRow.status == "undone"))
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -306,10 +422,3 @@ class NothingToStage(SurgeryError):
     code = "nothing_to_do"
     http_status = 409
     exit_code = 1
-
-
-def check_description(text: str | None) -> str:
-    text = text or ""
-    if len(text) > 10_000:
-        raise InvalidRequest("description is over 10,000 characters", field="description")
-    return text

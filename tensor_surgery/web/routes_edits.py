@@ -77,6 +77,19 @@ def list_edits(staging: StagingDep, model: ModelDep) -> dict:
     }
 
 
+# (declared before /edits/{edit_id}, which would otherwise take "history" for an id)
+@router.get(
+    "/edits/history",
+    summary="What undo and redo would do now: each {action: stage | revert, edit_id, description} or null",
+    description="Undo takes back the latest step (staging an edit, or reverting one); redo does the most "
+    "recently undone step again.",
+)
+def edit_history(staging: StagingDep, model: ModelDep) -> dict:
+    from ..surgery.staging import model_key
+
+    return staging.journal.history(model_key(model))
+
+
 @router.get("/edits/{edit_id}", summary="One staged edit with its byte runs (offset, original and new hex)")
 def get_edit(
     edit_id: Annotated[int, Path(ge=1)], staging: StagingDep, model: ModelDep,
@@ -85,17 +98,17 @@ def get_edit(
     return staging.get_edit(model, edit_id).summary(runs_limit=runs)
 
 
-@router.post("/edits/{edit_id}/revert", summary="Revert one edit (refused, naming them, if later edits build on it)")
+@router.post("/edits/{edit_id}/revert", summary="Revert one edit, as an undoable step (refused, naming them, if later edits build on it)")
 def revert_edit(edit_id: Annotated[int, Path(ge=1)], staging: StagingDep, model: ModelDep) -> dict:
     return {"reverted": staging.revert(model, edit_id).summary()}
 
 
-@router.post("/edits/undo", summary="Undo the most recent staged edit")
+@router.post("/edits/undo", summary="Undo the latest step: a staged edit (status undone) or a revert (status staged again)")
 def undo(staging: StagingDep, model: ModelDep) -> dict:
     return {"undone": staging.undo(model).summary()}
 
 
-@router.post("/edits/redo", summary="Restage the most recently undone edit")
+@router.post("/edits/redo", summary="Redo the most recently undone step: restage an edit, or revert it again")
 def redo(staging: StagingDep, model: ModelDep) -> dict:
     return {"redone": staging.redo(model).summary()}
 
