@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     allowed_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated folders the server may read or write on a request's behalf. "
-        "Default: MODEL_PATH's folder, PATCH_DIR and DATA_DIR.",
+        "Default: MODEL_PATH's folder, PATCH_DIR, DATA_DIR and the demo models folder (DATA_DIR/models, "
+        "and the demo folder MODEL_PATH lies in).",
     )
     auth_token: SecretStr | None = Field(
         None,
@@ -107,9 +108,21 @@ class Settings(BaseSettings):
         if self.allowed_roots:
             roots = list(self.allowed_roots)
         else:
+            # the demo models folder is a root of its own: DATA_DIR/models may be a link to elsewhere
+            # (roots are judged by real paths), and MODEL_PATH may name a demo model of another
+            # DATA_DIR; either way the Open box offers the other demo models, so they must open
+            from .live.demo_models import MANIFEST
+
             mp = self.resolved_model_path
-            roots = [mp if mp.is_dir() else mp.parent, self.patch_dir, self.data_dir]
-        return [Path(os.path.realpath(r)) for r in roots]
+            folder = mp if mp.is_dir() else mp.parent
+            roots = [folder, self.patch_dir, self.data_dir, self.models_dir]
+            roots += [p for p in (folder, folder.parent) if (p / MANIFEST).is_file()]
+        out: list[Path] = []
+        for r in roots:
+            real = Path(os.path.realpath(r))
+            if real not in out:
+                out.append(real)
+        return out
 
     @property
     def is_loopback(self) -> bool:

@@ -330,6 +330,21 @@ def find_conflicts(
     return out
 
 
+def is_applied(patch: HexPatch, model: Model, read_bytes) -> bool:
+    """Whether the bytes `read_bytes` gives already are the patch's result: every entry's range
+    holds its new bytes (and some entry changes something). Such a patch conflicts entry by entry,
+    but nothing is wrong: it was applied (or loaded) already, and applying it again changes nothing."""
+    changes = False
+    for e in patch.entries:
+        ref = model.tensors.get(e.tensor_name)
+        if ref is None or e.end > ref.nbytes or (e.dtype is not None and e.dtype != ref.dtype.name):
+            return False
+        if read_bytes(e.tensor_name, e.offset_bytes, len(e.new)) != e.new:
+            return False
+        changes = changes or e.new != e.original
+    return changes
+
+
 def raise_conflicts(conflicts: list[ConflictItem], source: str) -> None:
     if conflicts:
         raise PatchConflict(

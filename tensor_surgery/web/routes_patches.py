@@ -102,18 +102,32 @@ def delete_patch(name: PatchName, library: LibraryDep) -> dict:
     return {"deleted": patch_filename(name)}
 
 
-@router.post("/{name}/verify", summary="Would the patch apply to the current staged state? Every conflict listed")
+@router.post(
+    "/{name}/verify",
+    summary="Would the patch apply to the current staged state? Every conflict listed",
+    description="`already_applied` is true when the staged state already holds every entry's new bytes "
+    "(the patch was loaded or applied before): its entries then conflict, but loading it would change nothing.",
+)
 def verify_patch(name: PatchName, library: LibraryDep, staging: StagingDep, model: ModelDep) -> dict:
     patch = library.read(name)
     conflicts = staging.verify_patch(model, patch)
-    return {"name": patch_filename(name), "ok": not conflicts, "entries": len(patch.entries),
-            "conflicts": [c.to_json() for c in conflicts]}
+    applied = bool(conflicts) and hp.is_applied(patch, model, staging.current_bytes(model))
+    return {"name": patch_filename(name), "ok": not conflicts, "already_applied": applied,
+            "entries": len(patch.entries), "conflicts": [c.to_json() for c in conflicts]}
 
 
-@router.post("/{name}/load", summary="Stage the whole patch as one edit, or nothing (409 lists every conflict)")
+@router.post("/{name}/load", summary="Stage the whole patch as one edit, or nothing (409 lists every conflict; "
+             "already_applied says when the staged state already holds the patch's bytes)")
 def load_patch(name: PatchName, library: LibraryDep, staging: StagingDep, model: ModelDep) -> dict:
     patch = library.read(name)
-    return {"edit": staging.load_patch(model, patch, patch_filename(name)).summary()}
+    try:
+        return {"edit": staging.load_patch(model, patch, patch_filename(name)).summary()}
+    except hp.PatchConflict as e:
+        if hp.is_applied(patch, model, staging.current_bytes(model)):
+            raise hp.PatchConflict(f"{patch_filename(name)} is already applied: the staged state holds every "
+                                   "entry's new bytes, so loading it again would change nothing; nothing was staged",
+                                   **e.context, already_applied=True) from None
+        raise
 
 
 @router.post("/{name}/invert", summary="Save the inverse of a patch (original and new bytes swapped)")
