@@ -1,9 +1,9 @@
 """The session's state shared by the web app and the CLI: open models, allowed roots, caches.
 
 Several models can be open at once (diff and transplant need two); one of them is current, the
-one the UI shows. Staged edits are not known here: the surgery journal registers an
-`OverlayProvider` that returns a tensor's staged byte runs, and readers made with
-`view="staged"` see them.
+one the UI shows. Staged edits are not known here: the workspace is given an `OverlayProvider`
+(`surgery.staging.StagedOverlays` over the journal) that returns a tensor's staged byte runs, and
+readers made with `view="staged"` see them.
 """
 
 from __future__ import annotations
@@ -94,19 +94,38 @@ class LRUCache:
             self._bytes = 0
 
 
+class CacheKey(tuple):
+    """A key built by `tensor_cache_key` or `model_cache_key`: `Workspace.cached` takes no other, so
+    no caller can assemble one by hand and forget a part of it."""
+
+
+def tensor_cache_key(kind: str, reader: TensorReader, *params: Hashable) -> CacheKey:
+    """The key of a result computed from one tensor's values (statistics, overviews, ranks, agent
+    profiles): every cache key of tensor data is built here. It holds the file's identity, so a file
+    rewritten on disk gets no old numbers, and the reader's overlay token (None for base), so a staged
+    view never gets the base's numbers nor those of an earlier staged state."""
+    ref = reader.ref
+    return CacheKey((kind, ref.file.path, ref.file.identity, ref.name, reader.cache_token, *params))
+
+
+def model_cache_key(kind: str, model: Model, *params: Hashable) -> CacheKey:
+    """The key of a result computed from a model's tensor list (not its values, so not its staged edits)."""
+    return CacheKey((kind, model.path, tuple(f.identity for f in model.files), *params))
+
+
 def _stats_size(value) -> int:
     _, counts = value
     return 4096 + (counts.counts.nbytes if counts is not None else 0)
 
 
 class Workspace:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, overlay_provider: OverlayProvider | None = None) -> None:
         self.settings = settings
         self.roots = AllowedRoots(settings.resolved_allowed_roots)
         self.models: dict[str, Model] = {}
         self.current: Model | None = None
         self.open_error: SurgeryError | None = None
-        self.overlay_provider: OverlayProvider | None = None
+        self.overlay_provider = overlay_provider  # None: staged views show the base
         self.switch_listeners: list[Callable[[], None]] = []  # told when the current model changes
         self.cache = LRUCache(settings.stats_cache_mb << 20)
         self._listings: dict[str, bytes] = {}  # model path -> GET /api/tensors as JSON
@@ -186,9 +205,11 @@ class Workspace:
                 return TensorReader(ref, runs, cache_token=token)
         return TensorReader(ref)
 
-    def _stats_key(self, reader: TensorReader, threshold: float, percentiles: tuple) -> tuple:
-        ref = reader.ref
-        return ("stats", ref.file.path, ref.file.identity, ref.name, reader.cache_token, threshold, percentiles)
+    def cached(self, key: CacheKey, compute: Callable[[], Any], size: Callable[[Any], int]) -> Any:
+        """`compute()` once per key, kept in the LRU cache (`size` estimates its bytes)."""
+        if not isinstance(key, CacheKey):
+            raise TypeError("build cache keys with tensor_cache_key or model_cache_key")
+        return self.cache.get_or_compute(key, compute, size)
 
     def stats_and_counts(
         self,
@@ -198,9 +219,8 @@ class Workspace:
         progress: st.Progress | None = None,
     ):
         threshold = self.settings.sparsity_threshold if threshold is None else threshold
-        key = self._stats_key(reader, threshold, tuple(percentiles))
-        return self.cache.get_or_compute(
-            key,
+        return self.cached(
+            tensor_cache_key("stats", reader, threshold, tuple(percentiles)),
             lambda: st.tensor_stats(reader, threshold=threshold, percentiles=percentiles, progress=progress),
             _stats_size,
         )
@@ -212,10 +232,9 @@ class Workspace:
     def tensor_histogram(self, reader: TensorReader, *, bins: int, lo, hi, log: bool) -> dict:
         stats, counts = self.stats_and_counts(reader)
         if counts is None:
-            key = ("hist", *self._stats_key(reader, 0.0, ())[1:5], bins, lo, hi, log)
             value_range = (stats["min"], stats["max"]) if stats["min"] is not None else None
-            hist = self.cache.get_or_compute(
-                key,
+            hist = self.cached(
+                tensor_cache_key("hist", reader, bins, lo, hi, log),
                 lambda: st.tensor_histogram(reader, bins=bins, lo=lo, hi=hi, log=log, value_range=value_range),
                 lambda h: 64 * (len(h["counts"]) + 16),
             )

@@ -485,6 +485,29 @@ def test_cli_investigate_failure_and_manual_mode(cli_env, llm, model):
     assert r.exit_code == 0 and "scan_outliers(" in r.stdout
 
 
+def test_cli_sees_the_edits_staged_in_the_app(cli_env, llm, model, tmp_path):
+    """The CLI's workspace is given the journal's overlays explicitly: view=staged and the agent's
+    answers reflect what the app staged (same DATA_DIR), by hand and through the LLM."""
+    with TestClient(create_app(agent_settings(tmp_path, model, llm)), base_url=BASE_URL) as c:
+        r = c.post("/api/edit_tensor", json={"tensor_name": Q1, "op": "fill", "value": 0.5})
+        assert r.status_code == 200, r.text
+    runner = CliRunner()
+    by_hand = {}
+    for view in ("base", "staged"):
+        r = runner.invoke(main, ["investigate", str(model), "--tool", "tensor_stats", "--args",
+                                 json.dumps({"tensor": Q1, "view": view}), "--json"], env={**cli_env, "LLM_MODEL": ""})
+        assert r.exit_code == 0, r.output
+        by_hand[view] = json.loads(r.stdout)["result"]["stats"]
+    assert (by_hand["staged"]["min"], by_hand["staged"]["max"], by_hand["staged"]["std"]) == (0.5, 0.5, 0.0)
+    assert by_hand["base"]["std"] > 0
+
+    llm.add(tool_calls([("tensor_stats", {"tensor": Q1, "view": "staged"})]), answer("every value is 0.5"))
+    r = runner.invoke(main, ["investigate", str(model), "Is the edit there?", "--json"], env=cli_env)
+    assert r.exit_code == 0, r.output
+    stats = of(json.loads(r.stdout)["events"], "tool_result")[0]["result"]["stats"]
+    assert (stats["min"], stats["max"]) == (0.5, 0.5)
+
+
 # -- the page -------------------------------------------------------------------------------------
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

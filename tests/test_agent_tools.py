@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from tensor_surgery.agent import tools as tl
+from tensor_surgery.agent import registry
 from tensor_surgery.agent.mentions import find_mentions
 from tensor_surgery.agent.tools import REGISTRY, ToolContext, run_tool, run_tool_call
 from tensor_surgery.errors import InvalidRequest, SurgeryError, TensorNotFound, TooLarge
@@ -173,7 +173,7 @@ def test_tool_call_failures_become_error_results(ctx_for, tiny_model, name, raw,
 
 
 def test_results_over_the_cap_are_cut_and_marked(monkeypatch, ctx_for, tiny_model):
-    monkeypatch.setattr(tl, "MAX_RESULT_CHARS", 1000)
+    monkeypatch.setattr(registry, "MAX_RESULT_CHARS", 1000)
     out = run_tool(ctx_for(tiny_model), "list_tensors", {"limit": 200})
     assert out["truncated"] is True and out["total_chars"] > 1000 and len(out["partial_json"]) < 1000
 
@@ -363,6 +363,34 @@ def test_nearest_tokens_scan_the_whole_vocabulary(ctx_for, token_model, monkeypa
     assert r["neighbours"][0]["cosine"] == pytest.approx(unit[expected[0]] @ unit[1], abs=1e-3)
 
 
+def test_nearest_tokens_of_a_zero_or_non_finite_row_warn_instead_of_ranking(ctx_for, token_model):
+    """A zeroed row has no direction: every cosine with it is 0, and ten arbitrary tokens would be
+    listed as "nearest". The tool says why there are none instead."""
+    from .agent_helpers import rewrite
+
+    def plant(t):
+        emb = t[EMBED].astype(np.float32)
+        emb[1] = 0.0  # ' Paris', zeroed
+        emb[2, 3] = np.nan  # ' London', one NaN
+        t[EMBED] = emb.astype(t[EMBED].dtype)
+
+    rewrite(token_model, plant)
+    ctx = ctx_for(token_model)
+    r = run_tool(ctx, "nearest_tokens", {"text": " Paris"})
+    assert r["neighbours"] == [] and "is zero" in r["warning"] and "' Paris'" in r["warning"]
+    assert r["query"]["norm"] == 0
+    r = run_tool(ctx, "nearest_tokens", {"token_id": 2})
+    assert r["neighbours"] == [] and "not finite" in r["warning"] and r["query"]["nonfinite_values"] == 1
+    # a healthy row still ranks (and the zeroed row, cosine 0, is not among its nearest)
+    r = run_tool(ctx, "nearest_tokens", {"token_id": 3, "k": 3})
+    assert "warning" not in r and len(r["neighbours"]) == 3 and 1 not in [x["id"] for x in r["neighbours"]]
+    # compare_tokens: no cosine for a pair with an unusable vector, and a warning naming it
+    r = run_tool(ctx, "compare_tokens", {"texts": [" Paris", " Berlin", " banana"]})
+    cos = {(p["a"], p["b"]): p["cosine"] for p in r["pairs"]}
+    assert cos[("' Paris'", "' Berlin'")] is None and cos[("' Berlin'", "' banana'")] is not None
+    assert len(r["warnings"]) == 1 and "' Paris'" in r["warnings"][0]
+
+
 def test_search_vocab(ctx_for, token_model):
     ctx = ctx_for(token_model)
     r = run_tool(ctx, "search_vocab", {"mode": "numeric"})
@@ -470,5 +498,30 @@ def test_find_mentions_prefers_the_longest_overlapping_name():
 
 
 def test_results_never_carry_nan_or_inf():
-    out = tl.cap_result({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}, "e": "x"})
+    out = registry.cap_result({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}, "e": "x"})
     assert out == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": "x"}
+
+
+def test_agent_modules_import_no_cycle():
+    """The registry is apart from the tools: no agent module imports one that imports it back."""
+    import ast
+
+    from .conftest import REPO
+
+    folder = REPO / "tensor_surgery" / "agent"
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports count too
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = {d.split(".")[0] for d in deps} & {p.stem for p in folder.glob("*.py")}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph[start] - seen:
+            if nxt == goal or reaches(nxt, goal, seen | {nxt}):
+                return True
+        return False
+
+    assert [m for m in sorted(graph) if reaches(m, m, set())] == []
+    assert "registry" in graph and not graph["registry"]  # the machinery needs no tool

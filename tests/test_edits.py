@@ -925,3 +925,187 @@ def test_listing_without_runs_agrees_with_the_full_edit(client):
         full = client.get(f"/api/edits/{e['id']}", params={"runs": 10_000}).json()
         assert e["run_count"] == full["run_count"] == len(full["runs"]) > 0
     assert [e["status"] for e in listing["undone"]] == ["undone"]
+
+
+# -- the edit contract: one definition (surgery/ops.py), published in /openapi.json -------------------
+
+SAMPLE = {"value": 0.25, "factor": 2.0, "min": -0.5, "max": 0.5, "axis": "cols", "target_norm": 3.0,
+          "offset": 2, "hex": "0102", "cells": [{"index": [1, 1], "value": 0.5}],
+          "slice": {"dim0_start": 0, "dim0_end": 2}, "select": {"mode": "top_k_abs", "value": 2}}
+
+
+def edit_contract(client) -> tuple[dict, dict]:
+    """What the page reads: the EditRequest schema and its select modes, from /openapi.json."""
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/api/edit_tensor"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/EditRequest"}
+    return spec["components"]["schemas"]["EditRequest"], spec["components"]["schemas"]["EditSelect"]
+
+
+def test_openapi_publishes_the_one_edit_contract(client):
+    from tensor_surgery.agent.tools import REGISTRY
+    from tensor_surgery.surgery import ops
+
+    req, select = edit_contract(client)
+    props = req["properties"]
+    op = props["op"]
+    assert op["enum"] == list(ops.OPS) == ["set", "fill", "zero", "scale", "add", "clamp", "normalize", "write_hex"]
+    assert op["x-enum-descriptions"] == [f"{k}: {v.description}" for k, v in ops.OPS.items()]
+    assert op["x-op-parameters"]["scale"] == {"description": ops.OPS["scale"].description, "required": ["factor"],
+                                             "optional": [], "targets": ["cells", "slice", "select"]}
+    assert op["x-op-parameters"]["write_hex"]["targets"] == []
+    assert select["properties"]["mode"]["enum"] == list(ops.SELECT_MODES)
+    assert len(select["properties"]["mode"]["x-enum-descriptions"]) == len(ops.SELECT_MODES)
+    assert props["axis"]["anyOf"][0]["enum"] == list(ops.NORMALIZE_AXES)
+    # every field of the API is a field of EditSpec (and the reverse), each described
+    import dataclasses
+
+    spec_fields = {f.name for f in dataclasses.fields(ops.EditSpec)} - {"note"}
+    assert set(props) == spec_fields | {"dry_run"}
+    assert all(props[k].get("description") for k in props), [k for k in props if not props[k].get("description")]
+    # every parameter an op names exists
+    for name, info in op["x-op-parameters"].items():
+        assert set(info["required"] + info["optional"] + info["targets"]) <= set(ops.PARAMS), name
+    # the agent's propose_edit takes the same operations and parameters
+    agent = REGISTRY["propose_edit"].parameters["properties"]
+    assert agent["op"]["enum"] == list(ops.OPS)
+    assert set(agent) == {"tensor_name", "op", "rationale", *ops.PARAMS}
+    assert agent["select"]["properties"]["mode"]["enum"] == list(ops.SELECT_MODES)
+    assert not any(k.startswith("x-") for k in agent["op"])  # providers may refuse unknown keywords
+
+
+def test_each_op_takes_exactly_the_parameters_the_contract_lists(client, mixed):
+    """Built from /openapi.json as the page would: each op with its required parameters previews;
+    a parameter the op does not take is refused, naming it, instead of being ignored."""
+    req, _ = edit_contract(client)
+    contract = req["properties"]["op"]["x-op-parameters"]
+    for op, info in contract.items():
+        body = {"tensor_name": "f16.w", "op": op, **{k: SAMPLE[k] for k in info["required"] + info["optional"]}}
+        if op == "set":
+            body["cells"] = SAMPLE["cells"]
+        r = client.post("/api/edit_tensor", json={**body, "dry_run": True})
+        assert r.status_code == 200, (op, r.text)
+        accepted = set(info["required"]) | set(info["optional"]) | set(info["targets"])
+        for stray in sorted(set(SAMPLE) - accepted):
+            err = assert_error(client.post("/api/edit_tensor", json={**body, stray: SAMPLE[stray], "dry_run": True}),
+                               400, "invalid_request")
+            assert err["field"] == stray and f"{op} does not take {stray!r}" in err["message"], (op, stray, err)
+    assert edits(client)["edits"] == []
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"NaN", b"Infinity"])
+def test_non_finite_numbers_are_refused_not_500(client, mixed, number):
+    for template in (b'{"tensor_name": "f16.w", "op": "zero", "select": {"mode": "top_k_abs", "value": %s}}',
+                     b'{"tensor_name": "f16.w", "op": "scale", "factor": %s}',
+                     b'{"tensor_name": "f16.w", "op": "fill", "value": %s}'):
+        r = client.post("/api/edit_tensor", content=template % number, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, r.text
+        assert r.json()["error"]["code"]
+    assert edits(client)["edits"] == []
+
+
+def test_staging_needs_the_journal_overlays_given_to_the_workspace(tmp_path, tiny_model):
+    """The workspace's staged view is passed in explicitly; a Staging over a workspace that would
+    show base bytes as "staged" (edits computed against the wrong state) is refused."""
+    from tensor_surgery.surgery.journal import Journal
+    from tensor_surgery.surgery.ops import EditSpec
+    from tensor_surgery.surgery.staging import StagedOverlays, Staging
+    from tensor_surgery.workspace import Workspace
+
+    from .conftest import make_settings
+
+    settings = make_settings(tmp_path, tiny_model)
+    journal = Journal(f"sqlite:///{tmp_path / 'j.db'}")
+    try:
+        with pytest.raises(ValueError, match="overlay_provider=StagedOverlays"):
+            Staging(Workspace(settings), journal)
+        with pytest.raises(ValueError):
+            Staging(Workspace(settings, overlay_provider=StagedOverlays(Journal(f"sqlite:///{tmp_path / 'k.db'}"))),
+                    journal)
+        ws = Workspace(settings, overlay_provider=StagedOverlays(journal))
+        model = ws.open(tiny_model)
+        name = "model.norm.weight"
+        Staging(ws, journal).edit(model, EditSpec(name, "fill", value=0.5))
+        # another workspace over the same journal (the CLI agent's) sees the edit; a plain one does not
+        other = Workspace(settings, overlay_provider=StagedOverlays(journal))
+        staged = other.reader(name, "staged", other.open(tiny_model))
+        assert staged.staged and np.all(staged.read_values((slice(None),)) == 0.5)
+        plain = Workspace(settings)
+        assert not plain.reader(name, "staged", plain.open(tiny_model)).staged
+        for w in (ws, other, plain):
+            w.close()
+    finally:
+        journal.close()
+
+
+# -- caches: a staged view never gets base numbers ----------------------------------------------------
+
+
+def test_a_staged_view_never_gets_base_numbers(client, tiny_model):
+    """Every cached computation (statistics, histograms, overviews, ranks, the agent's profiles and
+    row norms) first filled with base numbers, then asked for the staged view after each edit."""
+    from tensor_surgery.agent import tokens
+    from tensor_surgery.agent.tools import ToolContext
+
+    w, n = "model.layers.0.mlp.up_proj.weight", "model.norm.weight"  # BF16 32x16 (counted), F32 16 (not)
+
+    def tool(name, **args):
+        r = client.post(f"/api/agent/tools/{name}", json=args)
+        assert r.status_code == 200, r.text
+        return r.json()["result"]
+
+    def fetch(view):
+        get = lambda route, name, **p: client.get(f"/api/{route}/{name}", params={"view": view, **p}).json()  # noqa: E731
+        up = next(t for t in tool("layer_summary", layer=0, view=view)["tensors"] if t["tensor"] == w)
+        return {
+            "stats_w": get("tensor_stats", w), "hist_w": get("tensor_histogram", w, bins=8),
+            "overview_w": get("tensor_overview", w, rows=4, cols=4), "rank_w": get("tensor_rank", w)["rank"],
+            "stats_n": get("tensor_stats", n), "hist_n": get("tensor_histogram", n, bins=8),
+            "agent_w": tool("tensor_stats", tensor=w, view=view)["stats"], "agent_rms_w": up["rms"],
+        }
+
+    def check_constant(got, w_value, n_value):
+        for key, value, numel in (("w", w_value, 32 * 16), ("n", n_value, 16)):
+            s = got[f"stats_{key}"]
+            assert (s["view"], s["min"], s["max"], s["mean"], s["std"]) == ("staged", value, value, value, 0.0), s
+            assert sum(got[f"hist_{key}"]["counts"]) == numel and max(got[f"hist_{key}"]["counts"]) == numel
+        assert got["overview_w"]["view"] == "staged" and got["overview_w"]["mean"] == [[w_value] * 4] * 4
+        assert got["rank_w"] == 1
+        assert (got["agent_w"]["min"], got["agent_w"]["max"], got["agent_rms_w"]) == (w_value, w_value, w_value)
+
+    base = fetch("base")
+    ref = read_base(tiny_model, w)[0].astype(np.float64)
+    assert base["stats_w"]["max"] == ref.max() and base["rank_w"] == 16
+    assert fetch("staged") == base  # nothing staged yet: the staged view is the base
+
+    ws = client.app.state.workspace
+    model = ws.model()
+    ctx = ToolContext(ws, model)
+    np.testing.assert_allclose(tokens.row_norms(ctx, ws.reader(w, "base", model)),
+                               np.linalg.norm(ref, axis=1), rtol=1e-6)  # float32 sums
+
+    edit(client, {"tensor_name": w, "op": "fill", "value": 0.5})
+    edit(client, {"tensor_name": n, "op": "fill", "value": 2.0})
+    check_constant(fetch("staged"), 0.5, 2.0)
+    assert np.all(tokens.row_norms(ctx, ws.reader(w, "staged", model)) == 2.0)  # sqrt(16 * 0.25)
+    # a later staged state is not served the earlier one's numbers either
+    edit(client, {"tensor_name": w, "op": "scale", "factor": 2})
+    check_constant(fetch("staged"), 1.0, 2.0)
+    assert np.all(tokens.row_norms(ctx, ws.reader(w, "staged", model)) == 4.0)
+    assert fetch("base") == base
+
+
+def test_cache_keys_are_built_in_one_place():
+    """`Workspace.cached` takes only keys built by the helpers, and nothing else reaches the cache."""
+    import re
+
+    from tensor_surgery import workspace as wsm
+
+    from .conftest import REPO, make_settings
+
+    ws = wsm.Workspace(make_settings(Path("/nonexistent"), Path("/nonexistent/m.safetensors")))
+    with pytest.raises(TypeError, match="tensor_cache_key"):
+        ws.cached(("stats", "path", None, "t", None), lambda: 1, lambda _: 1)
+    callers = [p.relative_to(REPO).as_posix() for p in (REPO / "tensor_surgery").rglob("*.py")
+               if re.search(r"\.get_or_compute\(", p.read_text()) and p.name != "workspace.py"]
+    assert callers == []

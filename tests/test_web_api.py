@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -78,7 +79,12 @@ def test_slice_cell_cap(tmp_path):
         assert err["cells"] == 16 * 32 and err["limit"] == 100
 
 
-def test_stats_and_cache(client, tiny_model):
+def test_stats_and_cache(client, tiny_model, monkeypatch):
+    from tensor_surgery.store import stats as st
+
+    computed = []
+    real = st.tensor_stats
+    monkeypatch.setattr(st, "tensor_stats", lambda reader, **kw: computed.append(reader.ref.name) or real(reader, **kw))
     name = "model.layers.1.mlp.up_proj.weight"
     ref = oracle(tiny_model, name).astype(np.float64)
     s = client.get(f"/api/tensor_stats/{name}").json()
@@ -89,8 +95,14 @@ def test_stats_and_cache(client, tiny_model):
     assert s["l2_norm"] == pytest.approx(np.linalg.norm(ref), rel=1e-12)
     for p in (1, 50, 99):
         assert s["percentiles"][f"p{p}"] == pytest.approx(np.percentile(ref, p), rel=1e-12)
-    again = client.get(f"/api/tensor_stats/{name}").json()
-    assert again == s
+    assert computed == [name]
+    # asked again (and by the histogram, which reuses the statistics' counts): served from the cache
+    assert client.get(f"/api/tensor_stats/{name}").json() == s
+    assert client.get(f"/api/tensor_histogram/{name}", params={"bins": 8}).status_code == 200
+    assert computed == [name]
+    # another threshold is another result
+    client.get(f"/api/tensor_stats/{name}", params={"threshold": 0.5})
+    assert computed == [name, name]
     sl = client.get(f"/api/tensor_stats/{name}", params={"dim0_start": 0, "dim0_end": 4, "dim1_start": 0, "dim1_end": 8}).json()
     assert sl["numel"] == 32 and sl["mean"] == pytest.approx(ref[:4, :8].mean(), rel=1e-12)
 
@@ -133,8 +145,34 @@ def test_overview(client, tiny_model):
 
 
 def test_rank(client, tmp_path):
-    r = client.get("/api/tensor_rank/model.layers.0.mlp.gate_proj.weight").json()
-    assert r["rank"] == 16 and r["max_rank"] == 16
+    """Against numpy.linalg.matrix_rank, on matrices built with a known rank below min(shape).
+
+    The factors are small integers, so every product is an integer below 256: exact in BF16 and
+    F32, with no rounding noise to blur the rank."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(7)
+    mats = {}
+    for rank, (m, n) in ((5, (48, 32)), (1, (20, 40)), (12, (64, 64))):
+        mats[f"r{rank}"] = (rng.integers(-2, 3, (m, rank)) @ rng.integers(-2, 3, (rank, n))).astype(np.float32)
+    mats["full"] = rng.standard_normal((24, 16)).astype(np.float32)
+    path = tmp_path / "models" / "ranks" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file({**{f"{k}.f32": v for k, v in mats.items()},
+               **{f"{k}.bf16": v.astype(ml_dtypes.bfloat16) for k, v in mats.items() if k != "full"}}, str(path))
+    assert client.post("/api/model", json={"path": str(path)}).status_code == 200
+    for key, w in mats.items():
+        expected = int(np.linalg.matrix_rank(w))
+        assert key == "full" and expected == min(w.shape) or expected == int(key[1:]) < min(w.shape)
+        for dtype in ("f32", "bf16") if key != "full" else ("f32",):
+            for method in ("exact", "randomized"):
+                r = client.get(f"/api/tensor_rank/{key}.{dtype}", params={"method": method, "k": 16}).json()
+                assert r["rank"] == expected, (key, dtype, method, r["singular_values"][:16])
+                assert r["max_rank"] == min(w.shape)
+                assert r["singular_values"][:3] == pytest.approx(np.linalg.svd(w.astype(np.float64),
+                                                                               compute_uv=False)[:3], rel=1e-9)
+    assert_error(client.get("/api/tensor_rank/nope"), 404)
+    client.post("/api/model", json={"path": str(client.app.state.settings.model_path)})
     assert_error(client.get("/api/tensor_rank/model.norm.weight"), 400, "invalid_request", "2-D")
 
 

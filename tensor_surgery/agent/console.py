@@ -31,10 +31,20 @@ def list_tools(as_json: bool) -> int:
     return 0
 
 
-def _workspace(settings: Settings, model_path: Path):
+def _journal(settings: Settings):
+    from ..surgery.journal import Journal
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Journal(settings.resolved_database_url)
+
+
+def _workspace(settings: Settings, model_path: Path, journal):
+    """The model, with the edits staged in the app (same DATA_DIR) as its staged view: what the
+    tools' view=staged and propose_edit's preview see."""
+    from ..surgery.staging import StagedOverlays
     from ..workspace import Workspace
 
-    ws = Workspace(settings)
+    ws = Workspace(settings, overlay_provider=StagedOverlays(journal))
     model = ws.open(model_path, guarded=False)  # the user named it on their own command line
     return ws, model
 
@@ -45,11 +55,15 @@ def run_tool_by_hand(model_path: Path, name: str, raw_args: str, as_json: bool) 
         args = parse_arguments(raw_args)
     except InvalidArguments as e:
         raise InvalidArguments(f"--args: {e.message}", field="args") from None
-    ws, model = _workspace(settings, model_path)
+    journal = _journal(settings)
     try:
-        result = run_tool(ToolContext(ws, model, progress=_Bars().progress), name, args)
+        ws, model = _workspace(settings, model_path, journal)
+        try:
+            result = run_tool(ToolContext(ws, model, progress=_Bars().progress), name, args)
+        finally:
+            ws.close()
     finally:
-        ws.close()
+        journal.close()
     click.echo(json.dumps({"tool": name, "result": result} if as_json else result, indent=2, default=str))
     return 0
 
@@ -76,18 +90,14 @@ class _Bars:
 
 
 def ask(model_path: Path, question: str, conversation_id: int | None, as_json: bool) -> int:
-    from ..surgery.journal import Journal
-    from ..surgery.staging import Staging
     from .llm import LLMConfig
     from .session import Investigator
     from .store import ConversationStore
 
     settings = Settings()
     config = LLMConfig.from_settings(settings)  # refuses before opening anything when no LLM is set
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    journal = Journal(settings.resolved_database_url)
-    ws, model = _workspace(settings, model_path)
-    Staging(ws, journal)  # the staged view (and propose_edit's preview) see the edits staged in the app
+    journal = _journal(settings)
+    ws, model = _workspace(settings, model_path, journal)
     investigator = Investigator(ws, ConversationStore(journal.engine), settings)
     events: list[dict] = []
     bars = _Bars()

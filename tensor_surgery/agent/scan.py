@@ -14,7 +14,9 @@ from collections import defaultdict
 import numpy as np
 
 from ..store.layout import TYPE_GROUPS
-from .tools import VIEW_PARAM, ToolContext, profile_stats, sig, tool
+from ..workspace import tensor_cache_key
+from .registry import VIEW_PARAM, ToolContext, sig, tool
+from .tensors import profile_stats
 
 SEVERITY = {"critical": 3, "high": 2, "medium": 1, "info": 0}
 ROBUST_Z = 3.5  # Iglewicz & Hoaglin's cut-off for the modified z-score (and 25% off the median, see _far)
@@ -25,7 +27,6 @@ MIN_PEERS = 4  # a role needs this many layers before one of them can stand out
 def tensor_profile(ctx: ToolContext, name: str, view: str = "base", progress=None) -> dict:
     reader = ctx.reader(name, view)
     ref = reader.ref
-    key = ("agent-profile", ref.file.path, ref.file.identity, name, reader.cache_token)
 
     def compute() -> dict:
         s = profile_stats(ctx, name, view, progress)
@@ -46,7 +47,7 @@ def tensor_profile(ctx: ToolContext, name: str, view: str = "base", progress=Non
             "sparsity": s.get("sparsity"), "finite_count": n,
         }
 
-    return ctx.workspace.cache.get_or_compute(key, compute, lambda _: 1024)
+    return ctx.workspace.cached(tensor_cache_key("agent-profile", reader), compute, lambda _: 1024)
 
 
 def scan_profiles(ctx: ToolContext, view: str = "base", type_group: str | None = None) -> tuple[list[dict], list[dict]]:

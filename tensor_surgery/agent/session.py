@@ -16,7 +16,7 @@ from ..workspace import Workspace
 from .llm import LLMConfig
 from .loop import run_agent
 from .store import ConversationStore
-from .tools import ToolContext
+from .registry import ToolContext
 
 MAX_QUESTION_CHARS = 4000
 STORED_EVENTS = frozenset({"question", "note", "tool_call", "tool_result", "answer", "error"})

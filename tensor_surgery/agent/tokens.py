@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import InvalidRequest, SurgeryError, TooLarge
 from ..store import TensorReader
-from .tools import VIEW_PARAM, ToolContext, sig, tool
+from ..workspace import tensor_cache_key
+from .registry import VIEW_PARAM, ToolContext, sig, tool
 
 MAX_TOKENIZER_BYTES = 64 << 20
 CHUNK_ELEMS = 1 << 22  # rows of the embedding read per step: 16 MB of float32
@@ -150,7 +151,8 @@ def embedding_reader(ctx: ToolContext, tensor: str | None, view: str, vocab: Voc
     return reader
 
 
-def read_rows(reader: TensorReader, ids) -> np.ndarray:
+def read_raw_rows(reader: TensorReader, ids) -> np.ndarray:
+    """The rows `ids` as float64, NaN and Inf as they are."""
     rows, width = reader.shape
     out = np.empty((len(ids), width), dtype=np.float64)
     for k, i in enumerate(ids):
@@ -158,7 +160,12 @@ def read_rows(reader: TensorReader, ids) -> np.ndarray:
             raise InvalidRequest(f"token id {i} is outside the {rows:,} rows of {reader.ref.name!r}",
                                  tensor=reader.ref.name, field="token_ids")
         out[k] = reader.decode(reader.chunk_patterns(i * width, (i + 1) * width)).astype(np.float64)
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
+
+
+def read_rows(reader: TensorReader, ids) -> np.ndarray:
+    """The rows `ids` as float64, NaN and Inf read as 0."""
+    return np.nan_to_num(read_raw_rows(reader, ids), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def iter_row_blocks(reader: TensorReader, ctx: ToolContext | None = None, what: str = ""):
@@ -182,7 +189,6 @@ def iter_row_blocks(reader: TensorReader, ctx: ToolContext | None = None, what: 
 
 def row_norms(ctx: ToolContext, reader: TensorReader) -> np.ndarray:
     ref = reader.ref
-    key = ("agent-rownorms", ref.file.path, ref.file.identity, ref.name, reader.cache_token)
 
     def compute():
         out = np.empty(reader.shape[0], dtype=np.float32)
@@ -190,28 +196,45 @@ def row_norms(ctx: ToolContext, reader: TensorReader) -> np.ndarray:
             out[start:start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block))
         return out
 
-    return ctx.workspace.cache.get_or_compute(key, compute, lambda a: a.nbytes)
+    return ctx.workspace.cached(tensor_cache_key("agent-rownorms", reader), compute, lambda a: a.nbytes)
 
 
 @dataclass
 class Item:
     label: str
     ids: list[int]
-    vector: np.ndarray
+    vector: np.ndarray  # NaN and Inf read as 0
+    nonfinite: int = 0  # NaN/Inf values in its rows
 
     def describe(self, vocab: Vocab) -> dict:
-        return {"item": self.label, "token_ids": self.ids, "pieces": [vocab.piece(i) for i in self.ids],
-                "vector": "one token row" if len(self.ids) == 1 else f"mean of {len(self.ids)} token rows",
-                "norm": sig(float(np.linalg.norm(self.vector)))}
+        out = {"item": self.label, "token_ids": self.ids, "pieces": [vocab.piece(i) for i in self.ids],
+               "vector": "one token row" if len(self.ids) == 1 else f"mean of {len(self.ids)} token rows",
+               "norm": sig(float(np.linalg.norm(self.vector)))}
+        if self.nonfinite:
+            out["nonfinite_values"] = self.nonfinite
+        return out
+
+    def unusable(self) -> str | None:
+        """Why this vector has no direction to compare (a warning for the LLM), or None."""
+        if self.nonfinite:
+            return (f"the embedding vector of {self.label} is not finite ({self.nonfinite:,} NaN/Inf value(s) in "
+                    "its row): cosine similarity with it is undefined")
+        if not np.any(self.vector):
+            return (f"the embedding vector of {self.label} is zero (every value is 0, e.g. a zeroed row): it has "
+                    "no direction, so cosine similarity with it is undefined and no token is nearer than another; "
+                    "view=base shows it before staged edits")
+        return None
 
 
 def items_for(vocab: Vocab, reader: TensorReader, texts: list[str] | None, token_ids: list[int] | None) -> list[Item]:
     items = []
-    for text in texts or []:
-        ids = vocab.encode(text)
-        items.append(Item(repr(text), ids, read_rows(reader, ids).mean(axis=0)))
-    for i in token_ids or []:
-        items.append(Item(f"#{i} {vocab.text(i)!r}", [i], read_rows(reader, [i])[0]))
+    queries = [(repr(text), vocab.encode(text)) for text in texts or []]
+    queries += [(f"#{i} {vocab.text(i)!r}", [i]) for i in token_ids or []]
+    for label, ids in queries:
+        raw = read_raw_rows(reader, ids)
+        bad = int(np.count_nonzero(~np.isfinite(raw)))
+        clean = np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0) if bad else raw
+        items.append(Item(label, ids, clean.mean(axis=0), bad))
     return items
 
 
@@ -280,14 +303,17 @@ def compare_tokens(ctx: ToolContext, texts=None, token_ids=None, tensor=None, vi
     items = items_for(vocab, reader, texts, token_ids)
     units = _unit(np.stack([it.vector for it in items]))
     cos = units @ units.T
-    pairs = [{"a": items[i].label, "b": items[j].label, "cosine": sig(cos[i, j], 4)}
+    usable = [it.unusable() is None for it in items]  # a zero or non-finite vector has no cosine: null
+    pairs = [{"a": items[i].label, "b": items[j].label, "cosine": sig(cos[i, j], 4) if usable[i] and usable[j] else None}
              for i in range(len(items)) for j in range(i + 1, len(items))]
     pairs.sort(key=lambda p: -(p["cosine"] if p["cosine"] is not None else -2))
     sample = _unit(read_rows(reader, _random_ids(reader.shape[0], 256).tolist()))
     sc = sample @ sample.T
     off = sc[~np.eye(len(sample), dtype=bool)]
+    warnings = [w for it in items if (w := it.unusable())]
     return {
         "embedding_tensor": reader.ref.name, "view": view, "items": [it.describe(vocab) for it in items],
+        **({"warnings": warnings} if warnings else {}),
         "pairs": pairs[:120],
         "random_pairs_cosine": {"mean": sig(off.mean(), 3), "std": sig(off.std(), 3), "p99": sig(np.percentile(off, 99), 3)},
     }
@@ -306,6 +332,9 @@ def nearest_tokens(ctx: ToolContext, text=None, token_id=None, k: int = 10, tens
     reader = embedding_reader(ctx, tensor, view, vocab)
     (item,) = items_for(vocab, reader, [text] if text is not None else None,
                         [token_id] if token_id is not None else None)
+    if warning := item.unusable():
+        return {"embedding_tensor": reader.ref.name, "view": view, "query": item.describe(vocab),
+                "neighbours": [], "warning": warning}
     q = _unit(item.vector[None, :])[0].astype(np.float32)
     norms = row_norms(ctx, reader)
     best_ids = np.zeros(0, dtype=np.int64)

@@ -22,17 +22,110 @@ from ..store.slicing import parse_slice, unravel
 from ..store.stats import array_stats
 from .runs import changed_runs
 
-OPS = ("set", "fill", "zero", "scale", "add", "clamp", "normalize", "write_hex")
-SELECT_MODES = ("above_percentile", "below_percentile", "top_k_abs", "bottom_k_abs")
 MAX_EDIT_ELEMENTS = 1 << 26  # 64M elements: 512 MB of float64 while computing
 MAX_CELLS = 100_000
 MAX_HEX_EDIT_BYTES = 1 << 20
+MAX_DIMS = 16
+
+# -- the contract ---------------------------------------------------------------------------------
+# What an edit is, defined once: the operations, the parameters each takes, how it targets values,
+# and the JSON schema of every parameter. The API's request model (web/routes_edits.py, and through
+# /openapi.json the page) and the agent's propose_edit tool are built from these tables.
+
+TARGETS = ("cells", "slice", "select")  # no cells and no slice: the whole tensor
+
+
+@dataclass(frozen=True)
+class Op:
+    description: str
+    required: tuple[str, ...] = ()  # parameters it needs
+    optional: tuple[str, ...] = ()  # parameters it may take
+    targets: tuple[str, ...] = TARGETS  # the target parameters it accepts
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+    def to_json(self) -> dict:
+        return {"description": self.description, "required": list(self.required),
+                "optional": list(self.optional), "targets": list(self.targets)}
+
+
+OPS: dict[str, Op] = {
+    "set": Op("write each cell's own value (cells[i].value)", targets=("cells", "select")),
+    "fill": Op("set every targeted value to `value`", required=("value",)),
+    "zero": Op("set every targeted value to 0"),
+    "scale": Op("multiply every targeted value by `factor`", required=("factor",)),
+    "add": Op("add `value` to every targeted value", required=("value",)),
+    "clamp": Op("clip every targeted value into [min, max] (give min, max or both)", optional=("min", "max")),
+    "normalize": Op("scale each row, each column or all of the target (`axis`, default rows) to the L2 norm "
+                    "`target_norm`", required=("target_norm",), optional=("axis",), targets=("cells", "slice")),
+    "write_hex": Op("write the raw bytes `hex` at byte `offset` of the tensor (the file's bytes: little-endian, "
+                    "row-major)", required=("offset", "hex"), targets=()),
+}
+SELECT_MODES: dict[str, str] = {
+    "above_percentile": "the target's values above its value-th percentile (0-100)",
+    "below_percentile": "the target's values below its value-th percentile (0-100)",
+    "top_k_abs": "the k (value) target values largest in magnitude",
+    "bottom_k_abs": "the k (value) target values smallest in magnitude",
+}
+NORMALIZE_AXES: dict[str, str] = {
+    "rows": "each row of the target to the norm",
+    "cols": "each column of the target to the norm",
+    "all": "the whole target to the norm",
+}
+
+
+def _enum(values: dict[str, str], description: str, **extra) -> dict:
+    """A string enum whose values' meanings travel with it (`x-enum-descriptions`, in enum order)."""
+    return {"type": "string", "enum": list(values), "description": description,
+            "x-enum-descriptions": [f"{k}: {v}" for k, v in values.items()], **extra}
+
+
+OP_SCHEMA = _enum(
+    {k: v.description for k, v in OPS.items()},
+    "the operation; `x-op-parameters` lists, per operation, the parameters it needs (required), may take "
+    "(optional) and the target parameters it accepts (targets: none means it works on byte offsets)",
+    **{"x-op-parameters": {k: v.to_json() for k, v in OPS.items()}},
+)
+# JSON schema of each parameter (the subset the agent's validator understands, plus x- annotations).
+PARAMS: dict[str, dict] = {
+    "cells": {
+        "type": "array", "maxItems": MAX_CELLS,
+        "description": "target: these cells (op=set: each with its new value)",
+        "items": {"type": "object", "additionalProperties": False, "required": ["index"], "properties": {
+            "index": {"type": "array", "maxItems": MAX_DIMS, "items": {"type": "integer"},
+                      "description": "one index per dimension"},
+            "value": {"type": "number", "description": "the cell's new value (op=set)"},
+        }},
+    },
+    "slice": {"type": "object", "maxProperties": 3 * MAX_DIMS, "additionalProperties": {"type": "integer"},
+              "description": "target: a slice in the viewer's parameters, e.g. {dim0_start: 0, dim0_end: 32, "
+                             "dim1_start: 0, dim1_end: 32} (dimN_step too; dimN_idx fixes other dimensions)"},
+    "select": {
+        "type": "object", "additionalProperties": False, "required": ["mode", "value"],
+        "description": "narrow the target (cells, slice or whole tensor) to some of its values",
+        "properties": {
+            "mode": _enum(SELECT_MODES, "which values of the target"),
+            "value": {"type": "number", "description": "the percentile (0-100) or k"},
+        },
+    },
+    "value": {"type": "number", "description": "fill: the value; add: the amount to add"},
+    "factor": {"type": "number", "description": "scale: the factor"},
+    "min": {"type": "number", "description": "clamp: the lower bound"},
+    "max": {"type": "number", "description": "clamp: the upper bound"},
+    "axis": _enum(NORMALIZE_AXES, "normalize: what reaches the norm (default rows)"),
+    "target_norm": {"type": "number", "minimum": 0, "description": "normalize: the L2 norm to reach"},
+    "offset": {"type": "integer", "minimum": 0, "description": "write_hex: byte offset from the tensor's first byte"},
+    "hex": {"type": "string", "maxLength": 2 * MAX_HEX_EDIT_BYTES + 1024,
+            "description": "write_hex: the new bytes as hex digits (spaces allowed)"},
+}
 
 
 @dataclass
 class EditSpec:
     tensor_name: str
-    op: str
+    op: str  # one of OPS
     cells: list[dict] | None = None  # [{"index": [i, j, ...], "value": x?}]
     slice: dict[str, int] | None = None  # viewer slice parameters; None with no cells = whole tensor
     select: dict | None = None  # {"mode": one of SELECT_MODES, "value": p or k}
@@ -40,7 +133,7 @@ class EditSpec:
     factor: float | None = None  # scale
     min: float | None = None  # clamp
     max: float | None = None
-    axis: str | None = None  # normalize: rows | cols | all
+    axis: str | None = None  # normalize: one of NORMALIZE_AXES
     target_norm: float | None = None
     offset: int | None = None  # write_hex
     hex: str | None = None
@@ -48,6 +141,25 @@ class EditSpec:
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def given(self) -> list[str]:
+        """The parameters (of PARAMS) this spec sets."""
+        return [k for k in PARAMS if getattr(self, k) is not None]
+
+
+def check_parameters(spec: EditSpec) -> Op:
+    """The spec's op, once every parameter it gives is one that op takes (a stray one is refused:
+    `factor` on a fill, or a slice on write_hex, would otherwise be silently ignored)."""
+    op = OPS.get(spec.op) if isinstance(spec.op, str) else None
+    if op is None:
+        raise InvalidRequest(f"unknown op {spec.op!r}; one of {', '.join(OPS)}", tensor=spec.tensor_name, field="op")
+    for name in spec.given():
+        if name not in op.parameters and name not in op.targets:
+            takes = ", ".join(op.parameters) or "no parameters"
+            targets = f"; targets: {', '.join(op.targets)}" if op.targets else "; no target"
+            raise InvalidRequest(f"{spec.op} does not take {name!r} (it takes {takes}{targets})",
+                                 tensor=spec.tensor_name, field=name)
+    return op
 
 
 @dataclass
@@ -163,9 +275,10 @@ def _target_flat(reader: TensorReader, spec: EditSpec) -> tuple[np.ndarray, str]
 def _select(values: np.ndarray, select: dict, name: str) -> np.ndarray:
     """Boolean mask of the target values chosen by `select`."""
     mode, v = select.get("mode"), select.get("value")
-    if mode not in SELECT_MODES or not isinstance(v, (int, float)) or isinstance(v, bool):
+    if mode not in SELECT_MODES or not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
         raise InvalidRequest(
-            f"select needs mode (one of {', '.join(SELECT_MODES)}) and a numeric value", tensor=name, field="select"
+            f"select needs mode (one of {', '.join(SELECT_MODES)}) and a finite numeric value", tensor=name,
+            field="select"
         )
     mag = np.abs(values)
     finite = np.isfinite(mag)
@@ -233,8 +346,9 @@ def _apply_op(spec: EditSpec, x: np.ndarray, rows: np.ndarray | None) -> tuple[n
         if target < 0:
             raise InvalidRequest("target_norm must be >= 0", tensor=spec.tensor_name, field="target_norm")
         axis = spec.axis or "rows"
-        if axis not in ("rows", "cols", "all"):
-            raise InvalidRequest("normalize axis must be rows, cols or all", tensor=spec.tensor_name, field="axis")
+        if axis not in NORMALIZE_AXES:
+            raise InvalidRequest(f"normalize axis must be one of {', '.join(NORMALIZE_AXES)}", tensor=spec.tensor_name,
+                                 field="axis")
         return _normalize(x, rows, axis, target), f"normalize {axis} to L2 {target:g}"
     raise InvalidRequest(f"unknown op {op!r}; one of {', '.join(OPS)}", tensor=spec.tensor_name, field="op")
 
@@ -258,8 +372,7 @@ def _normalize(x: np.ndarray, grid_shape: tuple[int, ...] | None, axis: str, tar
 
 def compute_edit(reader: TensorReader, spec: EditSpec) -> ComputedEdit:
     """What `spec` would change, against the reader's current (staged) state."""
-    if spec.op not in OPS:
-        raise InvalidRequest(f"unknown op {spec.op!r}; one of {', '.join(OPS)}", tensor=spec.tensor_name, field="op")
+    check_parameters(spec)
     if spec.op == "write_hex":
         return _compute_hex(reader, spec)
     dt = reader.dtype
@@ -267,9 +380,6 @@ def compute_edit(reader: TensorReader, spec: EditSpec) -> ComputedEdit:
         raise dt.undecodable()
     if spec.op == "set" and spec.cells is None:
         raise InvalidRequest("set needs cells with values", tensor=spec.tensor_name, field="cells")
-    if spec.op == "normalize" and spec.select:
-        raise InvalidRequest("normalize works on a whole region; it cannot be combined with select",
-                             tensor=spec.tensor_name, field="select")
 
     flat, definition = _target_flat(reader, spec)
     order = np.argsort(flat, kind="stable")

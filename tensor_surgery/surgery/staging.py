@@ -36,15 +36,39 @@ def overlays(edits, skip: set[int] | frozenset = frozenset()) -> dict[str, list[
     return out
 
 
+class StagedOverlays:
+    """The workspace's overlay provider: a tensor's staged byte runs from the journal, and a token
+    that changes with every change to the journal (readers' cache keys carry it).
+
+    Give it to the workspace when making it, `Workspace(settings, overlay_provider=StagedOverlays(journal))`,
+    so its staged views (the web app's, or the CLI agent's) see the journal's edits."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._overlays: dict[tuple[str, str], tuple[int, list]] = {}
+
+    def __call__(self, model: Model, tensor: str):
+        key = (model_key(model), tensor)
+        version = self.journal.version
+        hit = self._overlays.get(key)
+        if hit is None or hit[0] != version:
+            hit = (version, self.journal.overlay(key[0], tensor))
+            self._overlays[key] = hit
+        return hit[1], (key, version)
+
+
 class Staging:
     def __init__(self, workspace: Workspace, journal: Journal) -> None:
+        provider = workspace.overlay_provider
+        if not (isinstance(provider, StagedOverlays) and provider.journal is journal):
+            # edits would be computed against the base bytes instead of the staged state
+            raise ValueError("the workspace's staged view must come from this journal: make it with "
+                             "Workspace(settings, overlay_provider=StagedOverlays(journal))")
         self.ws = workspace
         self.journal = journal
         self._locks: dict[str, threading.Lock] = {}
-        self._overlays: dict[tuple[str, str], tuple[int, list]] = {}
         self._checksums: dict[tuple, str] = {}
         self.listeners: list[Callable[[Model, str], None]] = []  # told after every change
-        workspace.overlay_provider = self.overlay_for
 
     def _lock(self, model: Model) -> threading.Lock:
         return self._locks.setdefault(model_key(model), threading.Lock())
@@ -54,15 +78,6 @@ class Staging:
             fn(model, what)
 
     # -- reading the staged state ---------------------------------------------------------------
-
-    def overlay_for(self, model: Model, tensor: str):
-        key = (model_key(model), tensor)
-        version = self.journal.version
-        hit = self._overlays.get(key)
-        if hit is None or hit[0] != version:
-            hit = (version, self.journal.overlay(key[0], tensor))
-            self._overlays[key] = hit
-        return hit[1], (key, version)
 
     def reader(self, model: Model, tensor: str) -> TensorReader:
         return self.ws.reader(tensor, "staged", model)

@@ -17,7 +17,7 @@ from ..jobs import JobRunner
 from ..settings import Settings
 from ..surgery.journal import Journal
 from ..surgery.library import PatchLibrary
-from ..surgery.staging import Staging
+from ..surgery.staging import StagedOverlays, Staging
 from ..workspace import Workspace
 from ..live.service import LiveService
 from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
@@ -49,9 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     if not settings.is_loopback and not token:
         token = secrets.token_urlsafe(24)
-    workspace = Workspace(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(settings.resolved_database_url)
+    workspace = Workspace(settings, overlay_provider=StagedOverlays(journal))
     staging = Staging(workspace, journal)
 
     @asynccontextmanager

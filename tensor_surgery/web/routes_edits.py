@@ -2,55 +2,82 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from ..surgery import ops
 from ..surgery.ops import EditSpec
 from .deps import ModelDep, StagingDep
 
 router = APIRouter(prefix="/api", tags=["edits"])
 
+# JSON-schema keywords of ops.PARAMS -> pydantic Field constraints
+_CONSTRAINTS = {"minimum": "ge", "maximum": "le", "minLength": "min_length", "maxLength": "max_length",
+                "minItems": "min_length", "maxItems": "max_length", "maxProperties": "max_length"}
 
-class Cell(BaseModel):
+
+def _annotation(schema: dict, name: str) -> Any:
+    """The Python type of a JSON-schema fragment of surgery/ops.py (the subset it uses)."""
+    if "enum" in schema:
+        return Literal[tuple(schema["enum"])]
+    kind = schema["type"]
+    if kind == "array":
+        return list[_annotation(schema["items"], name)]
+    if kind == "object" and "properties" in schema:
+        return _model(name, schema)
+    if kind == "object":
+        return dict[str, _annotation(schema["additionalProperties"], name)]
+    return {"number": float, "integer": int, "string": str, "boolean": bool}[kind]
+
+
+def _field(schema: dict, default: Any) -> Any:
+    kw = {_CONSTRAINTS[k]: v for k, v in schema.items() if k in _CONSTRAINTS}
+    if schema.get("type") == "number":
+        kw["allow_inf_nan"] = False  # JSON numbers are finite; 1e400 parses as inf
+    extra = {k: v for k, v in schema.items() if k.startswith("x-")}
+    return Field(default, description=schema.get("description"), json_schema_extra=extra or None, **kw)
+
+
+def _fields(schema: dict) -> dict[str, Any]:
+    required = set(schema.get("required", ()))
+    fields: dict[str, Any] = {}
+    for key, sub in schema["properties"].items():
+        kind = _annotation(sub, f"Edit{key.capitalize().removesuffix('s')}")  # cells -> EditCell
+        fields[key] = (kind, _field(sub, ...)) if key in required else (kind | None, _field(sub, None))
+    return fields
+
+
+def _model(name: str, schema: dict) -> type[BaseModel]:
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=schema.get("description"),
+                        **_fields(schema))
+
+
+class _EditRequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    index: list[int] = Field(..., max_length=16, description="one index per dimension")
-    value: float | None = Field(None, description="new value (op=set)")
-
-
-class Select(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mode: Literal["above_percentile", "below_percentile", "top_k_abs", "bottom_k_abs"]
-    value: float = Field(..., description="the percentile (0-100) or k")
-
-
-class EditRequest(BaseModel):
-    """One edit. Target: `cells`, or `slice` (the viewer's dimN_* parameters), or the whole tensor;
-    optionally narrowed by `select`. Values are computed in float64 and cast to the tensor's dtype
-    with round-to-nearest-even."""
-
-    model_config = ConfigDict(extra="forbid")
-    tensor_name: str = Field(..., min_length=1, max_length=4096)
-    op: Literal["set", "fill", "zero", "scale", "add", "clamp", "normalize", "write_hex"]
-    cells: list[Cell] | None = Field(None, max_length=100_000)
-    slice: dict[str, int] | None = Field(None, description="e.g. {dim0_start: 0, dim0_end: 32, dim1_start: 0, dim1_end: 32}")
-    select: Select | None = None
-    value: float | None = Field(None, description="fill value, or the amount to add")
-    factor: float | None = Field(None, description="scale factor")
-    min: float | None = Field(None, description="clamp lower bound")
-    max: float | None = Field(None, description="clamp upper bound")
-    axis: Literal["rows", "cols", "all"] | None = Field(None, description="normalize: each row, each column, or all")
-    target_norm: float | None = Field(None, ge=0, description="normalize: the L2 norm to reach")
-    offset: int | None = Field(None, ge=0, description="write_hex: byte offset from the tensor's first byte")
-    hex: str | None = Field(None, max_length=2 * (1 << 20) + 1024, description="write_hex: the new bytes")
-    dry_run: bool = Field(False, description="preview the change without staging it")
 
     def to_spec(self) -> EditSpec:
         d = self.model_dump(exclude={"dry_run"}, exclude_none=True)
         if "cells" in d:
             d["cells"] = [{k: v for k, v in c.items() if v is not None} for c in d["cells"]]
         return EditSpec(**d)
+
+
+# Built from surgery/ops.py, the one definition of an edit. In /openapi.json, the schema
+# components.schemas.EditRequest lists the operations in properties.op.enum (their meanings in
+# x-enum-descriptions, the parameters each takes in x-op-parameters), and components.schemas.EditSelect
+# the select modes (properties.mode.enum, x-enum-descriptions).
+EditRequest = create_model(
+    "EditRequest",
+    __base__=_EditRequestBase,
+    __doc__="One edit. Target: `cells`, or `slice` (the viewer's dimN_* parameters), or the whole tensor; "
+    "optionally narrowed by `select`. Values are computed in float64 and cast to the tensor's dtype with "
+    "round-to-nearest-even. The parameters each `op` takes: `x-op-parameters` on `op`; any other is refused.",
+    tensor_name=(str, Field(..., min_length=1, max_length=4096, description="the tensor to edit")),
+    **_fields({"properties": {"op": ops.OP_SCHEMA, **ops.PARAMS}, "required": ["op"]}),
+    dry_run=(bool, Field(False, description="preview the change without staging it")),
+)
 
 
 @router.post(

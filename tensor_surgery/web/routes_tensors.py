@@ -11,6 +11,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 from ..store import slicing
 from ..store.rank import tensor_rank
 from ..store import stats as st
+from ..workspace import tensor_cache_key
 from .deps import ModelDep, SettingsDep, ViewParam, WorkspaceDep
 
 router = APIRouter(prefix="/api", tags=["tensors"])
@@ -148,9 +149,9 @@ def tensor_overview(
     cols: Annotated[int, Query(ge=1, le=1024)] = 64,
 ) -> dict:
     reader = ws.reader(tensor_name, view)
-    key = ("overview", reader.ref.file.path, reader.ref.file.identity, tensor_name, reader.cache_token, rows, cols)
-    return ws.cache.get_or_compute(
-        key, lambda: slicing.overview(reader, rows, cols), lambda o: 32 * rows * cols + 1024
+    return ws.cached(
+        tensor_cache_key("overview", reader, rows, cols), lambda: slicing.overview(reader, rows, cols),
+        lambda o: 32 * rows * cols + 1024,
     )
 
 
@@ -167,7 +168,7 @@ def tensor_rank_route(
     rtol: Annotated[float | None, Query(gt=0, lt=1)] = None,
 ) -> dict:
     reader = ws.reader(tensor_name, view)
-    key = ("rank", reader.ref.file.path, reader.ref.file.identity, tensor_name, reader.cache_token, method, k, rtol)
-    return ws.cache.get_or_compute(
-        key, lambda: tensor_rank(reader, method=method, k=k, rtol=rtol), lambda r: 8 * 600 + 1024
+    return ws.cached(
+        tensor_cache_key("rank", reader, method, k, rtol), lambda: tensor_rank(reader, method=method, k=k, rtol=rtol),
+        lambda r: 8 * 600 + 1024,
     )
