@@ -13,12 +13,10 @@ torch is imported here and only here (and in lora.py), lazily by the live servic
 from __future__ import annotations
 
 import gc
-import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -242,10 +240,3 @@ def _map_params(store_model: Model, hf) -> tuple[dict[str, torch.Tensor], dict[s
         else:
             params[name] = p
     return params, unmapped
-
-
-def read_config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}

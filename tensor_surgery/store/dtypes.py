@@ -35,10 +35,6 @@ class DType:
     def decodable(self) -> bool:
         return self.numpy is not None
 
-    @property
-    def is_float(self) -> bool:
-        return self.kind == "float"
-
     @cached_property
     def storage(self) -> np.dtype:
         """Unsigned integer type with the element's width: the raw bit pattern of one element."""
@@ -110,12 +106,6 @@ DTYPES: dict[str, DType] = {
 
 def get_dtype(name: str) -> DType:
     return DTYPES[name]
-
-
-def decode_packed_f4(raw: np.ndarray, first: int, count: int) -> np.ndarray:
-    """Decode `count` F4 elements starting at element `first` from the tensor's raw bytes."""
-    idx = np.arange(first, first + count, dtype=np.int64)
-    return decode_f4_at(raw, idx)
 
 
 def decode_f4_at(raw: np.ndarray, flat_index: np.ndarray) -> np.ndarray:
