@@ -122,8 +122,93 @@ def test_shard_symlink_outside_roots_refused(tmp_path):
         assert c.get("/api/model").json()["path"] == str(current)  # the current model stays
 
 
-def test_server_binds_loopback_by_default():
-    from tensor_surgery.settings import Settings
+def _listening(pid: int, port: int) -> list[str]:
+    """Addresses the process `pid` listens on at `port`, from /proc/net/tcp{,6} (socket inodes
+    matched against the process's open file descriptors)."""
+    import ipaddress
+    import os
 
-    s = Settings(_env_file=None)
-    assert s.host == "127.0.0.1" and s.is_loopback
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, width in (("tcp", 4), ("tcp6", 16)):
+        try:
+            lines = open(f"/proc/net/{table}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            addr, port_hex = cols[1].split(":")
+            if cols[3] != "0A" or int(port_hex, 16) != port or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(addr)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+            found.append(str(ipaddress.ip_address(raw)))
+    return found
+
+
+def _other_local_address() -> str | None:
+    """A non-loopback address of this machine, if it has one (no packet is sent)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") or addr == "0.0.0.0" else addr
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/net/tcp"), reason="needs Linux /proc")
+def test_server_binds_loopback_by_default(tmp_path):
+    """`tensor-surgery serve` with no HOST anywhere: the real listening socket is on 127.0.0.1 only."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from .conftest import write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "m" / "model.safetensors")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "AUTH_TOKEN")}
+    env.update(DATA_DIR=str(tmp_path / "data"), PATCH_DIR=str(tmp_path / "patches"))
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(  # cwd without a .env: the default HOST is the one in force
+        [sys.executable, "-c", "from tensor_surgery.cli import main; main()", "serve", str(model), "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/api/model", timeout=5).status_code
+                break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        assert _listening(proc.pid, port) == ["127.0.0.1"]
+        assert status == 200  # and on loopback it needs no token
+        other = _other_local_address()
+        if other:  # from this machine's own non-loopback address, nobody answers
+            with pytest.raises(OSError), socket.create_connection((other, port), timeout=5):
+                pass
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
