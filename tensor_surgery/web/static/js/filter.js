@@ -1,31 +1,82 @@
 // Footer filter: substring or /regex/ on names, type group and layer range. Non-matching tensors
-// are dimmed (or hidden) on the canvas, and the matches are listed.
+// are dimmed (or hidden) on the canvas, which frames the matches, and the matches are listed as a
+// listbox: Tab or ArrowDown from the text box reaches it (one tab stop), the arrow keys move
+// between matches, Enter or Space opens one, as a click does.
 
 import { el, emit, on, select, setChildren, state } from "./state.js";
 
 const LIST_MAX = 300;
+const DEBOUNCE_MS = 120;
+
+let timer = null;
 
 export function initFilter() {
   const ids = ["filter-text", "filter-group", "filter-layer-min", "filter-layer-max", "filter-hide"];
-  let timer = null;
   for (const id of ids) {
     document.getElementById(id).addEventListener("input", () => {
       clearTimeout(timer);
-      timer = setTimeout(apply, 120);
+      timer = setTimeout(apply, DEBOUNCE_MS);
     });
   }
-  document.getElementById("filter-text").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && state.match && state.match.size) {
-      const first = state.tensors.find((t) => state.match.has(t.name));
-      if (first) { select(first.name); emit("reveal", first.name); }
+  const text = document.getElementById("filter-text");
+  text.addEventListener("keydown", (e) => {
+    if (e.key === "Enter") {
+      // what was typed in the last DEBOUNCE_MS is not applied yet: apply it first, so that Enter
+      // opens the first match of this text, not of the text before
+      clearTimeout(timer);
+      apply();
+      const first = state.match && state.tensors.find((t) => state.match.has(t.name));
+      if (first) open(first.name);
+    } else if (e.key === "ArrowDown") {
+      const first = document.querySelector("#filter-matches li.match");
+      if (first) { e.preventDefault(); first.focus(); }
+    }
+  });
+  const list = document.getElementById("filter-matches");
+  list.addEventListener("click", (e) => {
+    const item = e.target.closest("li.match");
+    if (item) open(item.dataset.name);
+  });
+  list.addEventListener("keydown", (e) => {
+    const item = e.target.closest("li.match");
+    if (!item) return;
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      open(item.dataset.name);
+      return;
+    }
+    const all = [...list.querySelectorAll("li.match")];
+    const k = all.indexOf(item);
+    const to = { ArrowDown: k + 1, ArrowRight: k + 1, ArrowUp: k - 1, ArrowLeft: k - 1, Home: 0, End: all.length - 1 }[e.key];
+    if (e.key === "Escape" || (to === -1 && (e.key === "ArrowUp" || e.key === "ArrowLeft"))) {
+      e.preventDefault();
+      text.focus();
+    } else if (to !== undefined && all[to]) {
+      e.preventDefault();
+      rove(all, to);
     }
   });
   on("tensors", () => {
     const groups = [...new Set(state.tensors.map((t) => t.metadata_for_canvas.type_group))];
     const sel = document.getElementById("filter-group");
     setChildren(sel, el("option", { value: "" }, "all types"), ...groups.map((g) => el("option", { value: g }, g.replace(/_/g, " "))));
+    clearTimeout(timer);
     apply();
   });
+}
+
+function open(name) {
+  select(name);
+  emit("reveal", name);
+}
+
+// one tab stop for the whole list: the match last moved to
+function rove(items, to) {
+  items.forEach((item, k) => {
+    item.tabIndex = k === to ? 0 : -1;
+    item.setAttribute("aria-selected", String(k === to));
+  });
+  items[to].focus();
 }
 
 function matcher(text) {
@@ -39,6 +90,7 @@ function matcher(text) {
 }
 
 function apply() {
+  timer = null;
   const text = document.getElementById("filter-text").value.trim();
   const group = document.getElementById("filter-group").value;
   const lo = document.getElementById("filter-layer-min").value;
@@ -76,7 +128,9 @@ function apply() {
   state.match = match;
   count.textContent = `${match.size.toLocaleString("en-US")} of ${state.tensors.length.toLocaleString("en-US")} match`;
   const shown = [...match].slice(0, LIST_MAX);
-  setChildren(list, ...shown.map((name) => el("li", { title: name, onclick: () => { select(name); emit("reveal", name); } }, name)),
-    match.size > LIST_MAX ? el("li", { class: "muted" }, `… ${match.size - LIST_MAX} more`) : null);
+  setChildren(list, ...shown.map((name, k) => el("li", {
+    class: "match", role: "option", title: name, dataset: { name }, tabindex: k === 0 ? "0" : "-1", "aria-selected": String(k === 0),
+  }, name)),
+  match.size > LIST_MAX ? el("li", { class: "muted", role: "presentation" }, `… ${match.size - LIST_MAX} more`) : null);
   emit("filter");
 }
