@@ -107,12 +107,15 @@ def serve(model: Path | None, host: str | None, port: int | None, show_settings:
 
 def _open(path: Path):
     from .store import open_model
-    from .surgery.apply import finish_interrupted
+    from .surgery.apply import pending_in_place
 
-    recovered = finish_interrupted(path)  # the next start after a crash mid in-place apply
-    if recovered:
-        click.echo(f"warning: {recovered}", err=True)
-    return open_model(path)
+    model = open_model(path)
+    # Reading never writes: an interrupted in-place apply is reported, and recovering it is the
+    # user's explicit choice (`patch recover`, forward or --rollback).
+    pending = pending_in_place(model.path)
+    if pending:
+        click.echo(f"warning: {pending['message']}", err=True)
+    return model
 
 
 def human_bytes(n: int) -> str:
@@ -275,8 +278,7 @@ def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, as_jso
         raise SurgeryError("give exactly one of --out OUT or --in-place", field="out")
     loaded = _read_patches(patches)
     if in_place:
-        _open(model).close()  # the next start after a crash finishes an interrupted apply first
-        result = apply_in_place(model, loaded)
+        result = apply_in_place(model, loaded)  # refused while an interrupted apply waits for `recover`
         emit(result, as_json, f"patched {result['model']} in place: {result['entries']} entries, "
              f"{result['changed_bytes']:,} bytes; backup (the inverse patch): {result['backup']}")
         return
@@ -286,7 +288,7 @@ def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, as_jso
         bar, progress = _byte_bar("export")
         with bar:
             result = export_model(m, out, runs, max_shard_bytes=parse_size(max_shard_size) if max_shard_size else None,
-                                  overwrite=overwrite, progress=progress)
+                                  overwrite=overwrite, progress=progress, protected=_protected_folders())
     emit(result, as_json, f"wrote {result['path']} ({', '.join(result['files'])}): "
          f"{result['patched_bytes']:,} patched bytes in {result['patched_tensors']} tensor(s), {result['seconds']} s")
 
@@ -320,6 +322,17 @@ def patch_verify(model, patches, as_json) -> None:
 
 @patch.command("diff")
 @click.argument("model_a", type=click.Path(path_type=Path))
+def _protected_folders() -> list[tuple[str, Path]]:
+    """What `--out` never replaces or holds: the server's folders, as the settings name them."""
+    try:
+        settings = Settings()
+        roots = settings.resolved_allowed_roots
+    except Exception:  # unreadable settings must not block an export the settings play no part in
+        return []
+    return [("DATA_DIR", settings.data_dir), ("PATCH_DIR", settings.patch_dir),
+            *(("an allowed root", r) for r in roots)]
+
+
 @click.argument("model_b", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The .hexpatch to write.")
 @click.option("--description", default="", help="Why this patch exists.")

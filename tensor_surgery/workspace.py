@@ -144,12 +144,9 @@ class Workspace:
             key = os.path.realpath(os.fspath(path))
             model = self.models.get(key)
             if model is None:
-                from .surgery.apply import finish_interrupted
-
-                recovered = finish_interrupted(path)
+                # an interrupted in-place apply is only reported (`interrupted_apply`), never
+                # finished here: opening is reading, and recovering is the user's choice
                 model = open_model(path, guard=guard)
-                if recovered:
-                    model.warnings.append(recovered)
                 self.models[key] = model
                 self.models[os.path.realpath(model.path)] = model
             if make_current:
@@ -160,6 +157,19 @@ class Workspace:
                     for fn in self.switch_listeners:
                         fn()
             return model
+
+    def recover_interrupted_apply(self, model: Model, rollback: bool = False) -> dict:
+        """Finish (or roll back) the interrupted in-place apply of `model`, then open it again:
+        its bytes changed under the open object, which would refuse every read from now on."""
+        from .surgery.apply import recover_in_place
+
+        with self._lock:
+            result = recover_in_place(model.path, rollback)
+            if result["recovered"]:
+                for key in [k for k, m in self.models.items() if m is model]:
+                    del self.models[key]
+                self.open(model.path, make_current=self.current is model, guarded=False)
+            return result
 
     def open_default(self) -> None:
         """Open MODEL_PATH at start; a failure is kept and shown, the server still starts."""

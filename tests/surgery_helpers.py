@@ -29,8 +29,9 @@ def sha256(path: str | Path) -> str:
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    """name -> sha256 of every regular file directly in `folder` (hidden files included)."""
-    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    """name -> sha256 of every regular file directly in `folder` (hidden files included), except
+    an export's marker, which differs between two exports of the same bytes (times, inodes)."""
+    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".tensor-surgery-export.json"}
 
 
 def header_of(path: str | Path) -> tuple[bytes, dict]:

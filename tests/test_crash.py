@@ -251,3 +251,156 @@ def test_rollback_then_the_backup_restores(big, tmp_path):
     assert r.exit_code == 0, r.output
     assert sha256(model) == original
     assert model.read_bytes() == expected_bytes(big["model"], {})
+
+
+# -- what a kill leaves behind ---------------------------------------------------------------------
+
+SERVER_EXPORT_CHILD = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from fastapi.testclient import TestClient
+from tensor_surgery import jobs
+from tensor_surgery.settings import Settings
+from tensor_surgery.surgery import writer
+from tensor_surgery.web.app import create_app
+
+writer.COPY_CHUNK = 1 << 20
+jobs.PERSIST_INTERVAL = 0.0  # every progress call reaches the job's record on disk
+_cfr = os.copy_file_range
+def slow_cfr(*a):
+    time.sleep(0.05)
+    return _cfr(*a)
+os.copy_file_range = slow_cfr
+model, data = sys.argv[2], sys.argv[3]
+settings = Settings(_env_file=None, model_path=model, data_dir=data, patch_dir=os.path.join(data, "patches"))
+with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as c:
+    r = c.post("/api/export", json={})
+    assert r.status_code == 202, r.text
+    print("start", flush=True)
+    time.sleep(600)
+"""
+
+INPLACE_SLOW_JOURNAL_CHILD = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+_fsync = os.fsync
+def slow_fsync(fd):
+    time.sleep(0.3)  # the journal files sit under their temporary names meanwhile
+    return _fsync(fd)
+os.fsync = slow_fsync
+from tensor_surgery.cli import main
+sys.argv = ["tensor-surgery", "patch", "apply", sys.argv[2], sys.argv[3], "--in-place"]
+print("start", flush=True)
+main()
+"""
+
+
+PERSIST_WAIT = 0.2  # > a few slowed copies: the job's record on disk has seen progress
+
+
+def wait_for(cond, p: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() < deadline, "the child never got there"
+        time.sleep(0.002)
+
+
+def plant_lookalikes(folder: Path, real_partial: Path) -> dict[Path, bytes]:
+    """Things of the user's named like our leftovers: none of them may be deleted."""
+    planted = {}
+    unmarked = folder / ".experiment.partial-0123456789ab"  # our name, no marker
+    unmarked.mkdir()
+    planted[unmarked / "notes.txt"] = b"mine"
+    marked = folder / ".other.partial-abcdefabcdef"  # our name and a copied marker, plus a file of the user's
+    marked.mkdir()
+    real_marker = real_partial / ".tensor-surgery-export.json"
+    planted[marked / ".tensor-surgery-export.json"] = real_marker.read_bytes() if real_marker.exists() else json.dumps(
+        {"format": "tensor-surgery-export", "version": 1, "state": "partial", "files": ["model.safetensors"]}).encode()
+    planted[marked / "keep.txt"] = b"also mine"
+    for path, data in planted.items():
+        path.write_bytes(data)
+    return planted
+
+
+def test_sigkill_during_server_export_is_recorded_and_its_leftovers_cleaned_at_start(big, tmp_path):
+    """A server killed mid-export: the next start lists the job as interrupted (how far it got,
+    where it was writing) and removes the partial output; lookalikes of the user's stay."""
+    from fastapi.testclient import TestClient
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL, make_settings
+
+    data = tmp_path / "data"
+    exports = data / "exports"
+    p = spawn(SERVER_EXPORT_CHILD, big["model"], data)
+
+    def partway() -> bool:  # a few MB into the copy
+        partials = [e for e in exports.iterdir() if ".partial-" in e.name] if exports.is_dir() else []
+        return any(f.stat().st_size > (4 << 20) for d in partials for f in d.glob("*.safetensors"))
+
+    wait_for(partway, p)
+    time.sleep(PERSIST_WAIT)
+    assert kill_after(p, 0.0)
+    partial = next(e for e in exports.iterdir() if ".partial-" in e.name)
+    planted = plant_lookalikes(exports, partial)
+
+    settings = make_settings(tmp_path, big["model"])
+    with TestClient(create_app(settings), base_url=BASE_URL) as c:
+        (job,) = c.get("/api/jobs").json()["jobs"]
+        assert job["state"] == "interrupted" and job["error"]["code"] == "interrupted", job
+        assert 0 < job["done"] < job["total"] and job["kind"] == "export"
+        assert job["out"].startswith(str(exports.resolve())) and "%" in job["error"]["message"]
+        assert c.get(f"/api/jobs/{job['id']}").json()["state"] == "interrupted"
+    assert not partial.exists()
+    assert {path: path.read_bytes() for path in planted} == planted
+    assert not [e for e in exports.iterdir() if e.name.startswith(".") and ".partial-" not in e.name]
+
+
+def test_leftovers_of_a_killed_export_are_removed_by_the_next_export(big, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    p = spawn(EXPORT_CHILD, big["model"], big["patch"], folder / "first", "0")
+    wait_for(lambda: any(f.stat().st_size > (4 << 20) for d in folder.iterdir() for f in d.glob("*.safetensors")), p)
+    assert kill_after(p, 0.0)
+    (partial,) = [e for e in folder.iterdir() if ".partial-" in e.name]
+    assert sum(f.stat().st_size for f in partial.iterdir()) > 0
+    planted = plant_lookalikes(folder, partial)
+    with open_model(big["model"]) as m:
+        export_model(m, folder / "second", runs_of(big["entries"]))
+    assert tree_digest(folder / "second") == big["refs"]["new"]
+    assert not partial.exists() and not (folder / "first").exists()
+    assert {path: path.read_bytes() for path in planted} == planted
+
+
+def test_sigkill_while_journaling_an_in_place_apply_leaves_no_tmp_after_restart(big, tmp_path):
+    """A kill while the backup is still under its temporary name: the next server start removes
+    that `.tmp` (ours by name and content) and no file of the user's named like it."""
+    from fastapi.testclient import TestClient
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL, make_settings
+
+    work = tmp_path / "m"
+    work.mkdir()
+    model = work / "model.safetensors"
+    shutil.copyfile(big["model"], model)
+    original = sha256(model)
+    p = spawn(INPLACE_SLOW_JOURNAL_CHILD, model, big["patch"])
+    wait_for(lambda: any(e.name.endswith(".tmp") for e in work.iterdir()), p)
+    assert kill_after(p, 0.0)
+    (tmp,) = [e for e in work.iterdir() if e.name.endswith(".tmp")]
+    assert tmp.name.startswith(".model.safetensors.backup-") and tmp.name.endswith(".tmp")
+    planted = {
+        work / ".notes.txt.abcdefgh.tmp": b"a user's editor swap file",
+        work / ".model.safetensors.backup-20250101-000000.hexpatch.abcdefgh.tmp": b"not a patch: the user's",
+    }
+    for path, data in planted.items():
+        path.write_bytes(data)
+    with TestClient(create_app(make_settings(tmp_path, model)), base_url=BASE_URL) as c:
+        assert c.get("/api/model").json().get("interrupted_apply") is None  # killed before the journal
+    assert not tmp.exists()
+    assert {path: path.read_bytes() for path in planted} == planted
+    assert sha256(model) == original

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from tensor_surgery.errors import InvalidRequest
 from tensor_surgery.store import open_model
 from tensor_surgery.surgery import writer
-from tensor_surgery.surgery.writer import OutputExists, export_model, parse_size, plan_shards
+from tensor_surgery.surgery.writer import NotAnExport, OutputExists, export_model, parse_size, plan_shards
 
 from .conftest import REPO, assert_error
 from .surgery_helpers import (
@@ -155,7 +155,9 @@ def test_single_file_output(hf_tiny, tmp_path):
         result = export_model(m, out, runs)
     assert result["files"] == ["patched.safetensors"]
     assert out.read_bytes() == expected_bytes(hf_tiny, runs)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["patched.safetensors"]  # no side files for a file
+    # no side files for a file; only its hidden export marker beside it
+    assert sorted(p.name for p in out.parent.iterdir()) == [".patched.safetensors.tensor-surgery-export.json",
+                                                             "patched.safetensors"]
     torch_equal(out, out, [Q0])  # opens with torch
 
 
@@ -251,11 +253,92 @@ def test_refuses_source_and_existing_output(hf_tiny, tmp_path):
         with pytest.raises(OutputExists):
             export_model(m, out, {})
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
-        # overwrite replaces the old output whole
-        export_model(m, out, {}, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").read_bytes() == hf_tiny.read_bytes()
+        # overwrite replaces only a previous export: a folder of the user's is never replaced
+        with pytest.raises(NotAnExport, match="no export wrote"):
+            export_model(m, out, {}, overwrite=True)
+        assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert sha256(hf_tiny) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_replaces_only_an_unchanged_previous_export(hf_tiny, tmp_path):
+    """A marked, unchanged previous export is replaced whole; one the user changed or added to, a
+    file of the user's, a symlink, or a folder holding a root (`protected`) are refused untouched."""
+    first, second = runs_of(flip_bytes(hf_tiny, EMB, [0])), runs_of(flip_bytes(hf_tiny, Q0, [6]))
+    folder, single = tmp_path / "exports" / "run", tmp_path / "exports" / "run.safetensors"
+    with open_model(hf_tiny) as m:
+        for out in (folder, single):
+            export_model(m, out, first)
+            export_model(m, out, second, overwrite=True)
+            data = out / "model.safetensors" if out == folder else out
+            assert data.read_bytes() == expected_bytes(hf_tiny, second)
+        assert sorted(p.name for p in folder.iterdir()) == sorted([".tensor-surgery-export.json", "model.safetensors", *SIDE])
+
+        # the user adds a file to the export, or changes one of its files: no longer only an export
+        (folder / "my-notes.md").write_text("results of the ablation")
+        with pytest.raises(NotAnExport, match="my-notes.md"):
+            export_model(m, folder, first, overwrite=True)
+        assert (folder / "my-notes.md").read_text() == "results of the ablation"
+        (folder / "my-notes.md").unlink()
+        with open(folder / "config.json", "a") as f:
+            f.write(" ")
+        with pytest.raises(NotAnExport, match="changed since the export"):
+            export_model(m, folder, first, overwrite=True)
+        assert (folder / "model.safetensors").read_bytes() == expected_bytes(hf_tiny, second)
+        time.sleep(0.05)  # past the file system's clock tick: a rewrite gets a later mtime
+        with open(single, "r+b") as f:
+            f.seek(-1, 2)
+            f.write(b"\x7f")
+        mine = single.read_bytes()
+        with pytest.raises(NotAnExport, match="changed since"):
+            export_model(m, single, first, overwrite=True)
+        assert single.read_bytes() == mine
+        # a file or a symlink that no export wrote
+        user_file = tmp_path / "exports" / "downloaded.safetensors"
+        user_file.write_bytes(hf_tiny.read_bytes())
+        link = tmp_path / "exports" / "link"
+        link.symlink_to(folder)
+        for target in (user_file, link):
+            with pytest.raises(NotAnExport):
+                export_model(m, target, first, overwrite=True)
+        assert user_file.read_bytes() == hf_tiny.read_bytes() and link.is_symlink()
+        # a folder holding a protected one (a root, DATA_DIR...), or being it: never an output
+        data_dir = tmp_path / "exports" / "data"
+        data_dir.mkdir()
+        for target in (data_dir, tmp_path / "exports"):
+            with pytest.raises(InvalidRequest, match="DATA_DIR"):
+                export_model(m, target, first, overwrite=True, protected=[("DATA_DIR", data_dir)])
+        assert data_dir.is_dir()
+    assert not [p.name for p in (tmp_path / "exports").iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_cli_overwrite_never_replaces_the_servers_folders_nor_the_users(run, hf_tiny, tmp_path, monkeypatch):
+    """`patch apply --out X --overwrite` follows the API's rules: never DATA_DIR, PATCH_DIR or a
+    folder holding them (as the settings name them), never a folder of the user's."""
+    srv = tmp_path / "srv"
+    data, library = srv / "data", srv / "patches"
+    data.mkdir(parents=True)
+    library.mkdir()
+    (data / "tensor_surgery.db").write_bytes(b"the journal")
+    (library / "mine.hexpatch").write_text("{}")
+    monkeypatch.setenv("DATA_DIR", str(data))
+    monkeypatch.setenv("PATCH_DIR", str(library))
+    patch = write_patch(tmp_path / "x.hexpatch", flip_bytes(hf_tiny, EMB, [0]))
+    for out in (data, library, srv):
+        r = run("patch", "apply", hf_tiny, patch, "--out", out, "--overwrite")
+        assert r.exit_code == 2 and "never replaces" in r.stderr, r.output
+    assert (data / "tensor_surgery.db").read_bytes() == b"the journal" and (library / "mine.hexpatch").exists()
+    mine = tmp_path / "experiments"
+    mine.mkdir()
+    (mine / "results.csv").write_text("1,2\n")
+    r = run("patch", "apply", hf_tiny, patch, "--out", mine, "--overwrite", "--json")
+    assert r.exit_code != 0 and json.loads(r.stdout)["error"]["code"] == "not_an_export"
+    assert [p.name for p in mine.iterdir()] == ["results.csv"]
+    # a previous export is replaced
+    out = tmp_path / "exported"
+    assert run("patch", "apply", hf_tiny, patch, "--out", out).exit_code == 0
+    assert run("patch", "apply", hf_tiny, patch, "--out", out, "--overwrite").exit_code == 0
+    assert (out / "model.safetensors").read_bytes() == expected_bytes(hf_tiny, runs_of(flip_bytes(hf_tiny, EMB, [0])))
 
 
 def test_failed_export_leaves_nothing(hf_tiny, tmp_path, monkeypatch):
@@ -406,6 +489,53 @@ def test_api_export_refusals(client, hf_tiny, tmp_path, tmp_path_factory, settin
     # none of these started a job or created an output
     assert client.get("/api/jobs").json()["jobs"] == []
     assert not (tmp_path / "a").exists() and not (tmp_path / "a.safetensors").exists()
+
+
+def test_api_overwrite_never_destroys_what_the_user_owns(client, hf_tiny, tmp_path, settings):
+    """`overwrite: true` aimed at DATA_DIR (the journal database), PATCH_DIR (the library), an
+    allowed root, a folder holding one, the open model's folder or file, or a folder of the user's:
+    refused before any job, everything intact, staged edits still there after a restart."""
+    from fastapi.testclient import TestClient
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL
+
+    stage_zero_row(client, EMB, 3, 16)
+    assert client.post("/api/patches", json={"name": "keepme", "description": "mine"}).status_code == 200
+    settings.data_dir.joinpath("exports").mkdir(parents=True, exist_ok=True)
+    mine = tmp_path / "experiments"
+    mine.mkdir()
+    (mine / "results.csv").write_text("layer,loss\n")
+    before = {p: sorted(q.name for q in p.iterdir()) for p in (settings.patch_dir, mine, settings.data_dir / "exports")}
+    targets = {
+        settings.data_dir: (400, "invalid_request"),  # DATA_DIR: the journal database lives there
+        settings.patch_dir: (400, "invalid_request"),  # PATCH_DIR: the patch library
+        tmp_path: (400, "invalid_request"),  # the allowed root itself
+        tmp_path / "models": (400, "invalid_request"),  # holds the open model's folder
+        hf_tiny.parent: (400, "invalid_request"),  # the open model's folder
+        hf_tiny: (400, "invalid_request"),  # the open model's file
+        settings.data_dir / "exports": (409, "not_an_export"),  # a folder of exports is not one
+        settings.data_dir / "tensor_surgery.db": (409, "not_an_export"),  # the journal database itself
+        mine: (409, "not_an_export"),  # a folder of the user's
+    }
+    for out, (status, code) in targets.items():
+        err = assert_error(client.post("/api/export", json={"out": str(out), "overwrite": True}), status, code)
+        assert str(out) in err["message"] or out.name in err["message"], err
+    assert client.get("/api/jobs").json()["jobs"] == []
+    assert {p: sorted(q.name for q in p.iterdir()) for p in before} == before
+    assert (mine / "results.csv").read_text() == "layer,loss\n"
+    assert (settings.data_dir / "tensor_surgery.db").is_file() and hf_tiny.is_file()
+    assert [p["name"] for p in client.get("/api/patches").json()["patches"]] == ["keepme.hexpatch"]
+    # a previous export (the default output, then the same name again) is what overwrite replaces
+    out = settings.data_dir / "exports" / "mine-v1"
+    for overwrite in (False, True):
+        r = client.post("/api/export", json={"out": str(out), "overwrite": overwrite})
+        assert r.status_code == 202, r.text
+        assert wait_job(client, r.json()["job"]["id"])["state"] == "done"
+    # the journal survived all of it: a new server on the same DATA_DIR has the staged edit
+    with TestClient(create_app(settings), base_url=BASE_URL) as again:
+        assert again.get("/api/edits").json()["staged_tensors"] == {EMB: 1}
 
 
 def test_api_export_conflicting_patch_lists_every_conflict(client, hf_tiny, tmp_path, settings):

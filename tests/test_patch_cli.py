@@ -385,16 +385,18 @@ def test_recover_noop_and_pending_intent_blocks(run, hf_tiny, patch_file, tmp_pa
     assert sha256(hf_tiny) == original
     assert "no interrupted" in run("patch", "recover", hf_tiny).stdout
 
-    # torn again: the next start of any command finishes the apply (what the user asked for),
-    # says so on stderr, and then goes on (here: the patch is already in, so it conflicts)
+    # torn again: no other command recovers it behind the user's back (reading never writes);
+    # verify refuses, saying how to recover, and `patch recover` finishes what was asked for
     monkeypatch.setattr(apply_mod, "_write_entries", half)
     assert run("patch", "apply", hf_tiny, patch_file, "--in-place").exit_code == 1
     monkeypatch.undo()
-    assert sha256(hf_tiny) not in (original, hashlib.sha256(patched).hexdigest())
+    torn = sha256(hf_tiny)
+    assert torn not in (original, hashlib.sha256(patched).hexdigest())
     r = run("patch", "verify", hf_tiny, patch_file)
-    assert "interrupted" in r.stderr and "finished" in r.stderr
+    assert r.exit_code == 1 and "interrupted" in r.stderr and "patch recover" in r.stderr
+    assert sha256(hf_tiny) == torn
+    assert run("patch", "recover", hf_tiny).exit_code == 0
     assert hf_tiny.read_bytes() == patched
-    assert r.exit_code == 1 and "conflict" in r.stdout
     assert not (hf_tiny.parent / apply_mod.INTENT_NAME).exists()
     assert "no interrupted" in run("patch", "recover", hf_tiny).stdout
 

@@ -1,10 +1,13 @@
-"""The next start after a crash in the middle of an in-place apply finishes it (forward), says so,
-and leaves the backup patch that undoes it."""
+"""An in-place apply cut short by a crash: reading the model (CLI verbs, opening it in the server)
+reports it and never writes a byte; recovering is an explicit step with both choices (`patch
+recover [--rollback]`, `POST /api/model/recover`), checked against the bytes computed by hand."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -53,7 +56,44 @@ def _expected(original: bytes, model, patch) -> bytes:
     return bytes(out)
 
 
-def test_server_start_rolls_forward(tmp_path, monkeypatch):
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_reading_reports_and_never_writes(tmp_path, monkeypatch):
+    model, original, patch = _interrupted(tmp_path, monkeypatch)
+    torn = _sha(model)
+    assert torn not in (_sha_bytes(original), _sha_bytes(_expected(original, model, patch)))
+    runner = CliRunner()
+    for args in (["ls", str(model)], ["ls", str(model), "--json"], ["stats", str(model), "--json"]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 0, r.output
+        assert "interrupted" in r.stderr and "patch recover" in r.stderr and "--rollback" in r.stderr, r.stderr
+        assert _sha(model) == torn, args
+    # verbs whose answer would be about torn bytes refuse, and say how to go on
+    other = tmp_path / "p.hexpatch"
+    other.write_text(patch.dumps())
+    for args in (["patch", "verify", str(model), str(other)],
+                 ["patch", "diff", str(model), str(model), "--out", str(tmp_path / "d.hexpatch")],
+                 ["patch", "apply", str(model), str(other), "--out", str(tmp_path / "out")],
+                 ["patch", "apply", str(model), str(other), "--in-place"]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 1 and "recover" in r.stderr, (args, r.output)
+        assert _sha(model) == torn, args
+    assert ap.intent_path(model.parent).exists()
+    # the explicit step: finish it
+    r = runner.invoke(main, ["patch", "recover", str(model), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["direction"] == "rollforward"
+    assert model.read_bytes() == _expected(original, model, patch)
+
+
+def _sha_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("rollback", [False, True])
+def test_server_reports_pending_and_recovers_only_when_asked(tmp_path, monkeypatch, rollback):
     from fastapi.testclient import TestClient
 
     from tensor_surgery.web.app import create_app
@@ -61,24 +101,63 @@ def test_server_start_rolls_forward(tmp_path, monkeypatch):
     from .conftest import BASE_URL, make_settings
 
     model, original, patch = _interrupted(tmp_path, monkeypatch)
+    torn = model.read_bytes()
+    name = patch.entries[0].tensor_name
     with TestClient(create_app(make_settings(tmp_path, model)), base_url=BASE_URL) as c:
         info = c.get("/api/model").json()
-    assert any("interrupted" in w and "backup" in w for w in info["warnings"]), info["warnings"]
-    assert model.read_bytes() == _expected(original, model, patch)
+        pending = info["interrupted_apply"]
+        assert pending and pending["model"] == str(model) and pending["patches"] == ["p.hexpatch"]
+        assert pending["entries"] == 2 and pending["backup"].startswith(str(model.parent / "model.safetensors.backup-"))
+        assert "patch recover" in pending["message"]
+        # reading (the listing, a slice, opening the model again) writes nothing
+        assert c.get("/api/tensors").status_code == 200
+        assert c.get(f"/api/tensor_slice/{name}", params={"dim0_start": 0, "dim0_end": 2}).status_code == 200
+        assert c.post("/api/model", json={"path": str(model)}).json()["interrupted_apply"] == pending
+        assert model.read_bytes() == torn
+        # export refuses until it is recovered
+        assert c.post("/api/export", json={"out": str(tmp_path / "data" / "x")}).status_code == 409
+        r = c.post("/api/model/recover", json={"rollback": rollback})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["recovered"] is True and body["interrupted_apply"] is None
+        assert body["direction"] == ("rollback" if rollback else "rollforward") and body["entries"] == 2
+        want = original if rollback else _expected(original, model, patch)
+        assert model.read_bytes() == want
+        assert c.get("/api/model").json()["interrupted_apply"] is None
+        # the server reopened the model: its reads serve the recovered bytes (safetensors: the oracle)
+        from safetensors.torch import load
+
+        expected = load(want)[name][:4].float().numpy()  # rows 0-3 hold both entries; BF16 -> F32 is exact
+        r = c.get(f"/api/tensor_slice/{name}", params={"dim0_start": 0, "dim0_end": 4, "dim1_start": 0, "dim1_end": 16})
+        assert r.status_code == 200, r.text
+        got = np.asarray(r.json()["data"], dtype=np.float64)
+        assert np.array_equal(got, expected.astype(np.float64)), (r.json(), expected)
+        # nothing pending any more: asking again is a no-op
+        again = c.post("/api/model/recover", json={"rollback": rollback}).json()
+        assert again["recovered"] is False
     assert not ap.intent_path(model.parent).exists()
-    backups = list(model.parent.glob("model.safetensors.backup-*.hexpatch"))
-    assert len(backups) == 1
-    r = CliRunner().invoke(main, ["patch", "apply", str(model), str(backups[0]), "--in-place"])
-    assert r.exit_code == 0, r.output
-    assert hashlib.sha256(model.read_bytes()).digest() == hashlib.sha256(original).digest()
+    assert not list(model.parent.glob(".tensor-surgery-forward-*"))
 
 
-def test_cli_start_rolls_forward_and_says_so(tmp_path, monkeypatch):
-    model, original, patch = _interrupted(tmp_path, monkeypatch)
-    r = CliRunner().invoke(main, ["ls", str(model)])
-    assert r.exit_code == 0
-    assert "interrupted" in r.stderr and "backup" in r.stderr
-    assert model.read_bytes() == _expected(original, model, patch)
+def test_recover_refuses_a_journal_that_names_files_elsewhere(tmp_path, monkeypatch):
+    """The journal is a file in the model's folder: one naming a path outside it is refused."""
+    from fastapi.testclient import TestClient
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL, assert_error, make_settings
+
+    model, _original, _ = _interrupted(tmp_path, monkeypatch)
+    intent = ap.intent_path(model.parent)
+    info = json.loads(intent.read_text())
+    elsewhere = tmp_path / "elsewhere.hexpatch"
+    elsewhere.write_text((model.parent / info["forward"]).read_text())
+    info["forward"] = "../elsewhere.hexpatch"
+    intent.write_text(json.dumps(info))
+    torn = model.read_bytes()
+    with TestClient(create_app(make_settings(tmp_path, model)), base_url=BASE_URL) as c:
+        assert_error(c.post("/api/model/recover", json={}), 409, "interrupted_in_place_apply", "not one")
+    assert model.read_bytes() == torn and intent.exists()
 
 
 def test_explicit_rollback_before_any_start(tmp_path, monkeypatch):

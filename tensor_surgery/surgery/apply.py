@@ -9,6 +9,10 @@ byte it writes the forward patch and its inverse (the backup) beside the model, 
 file naming both, all fsynced. If the process dies midway, `recover_in_place` writes every entry
 of one of the two (forward: finish; back: restore), which is idempotent, so any torn state ends
 as exactly the old bytes or exactly the new ones.
+
+Recovery is always an explicit step the user chooses (`patch recover [--rollback]`, or the page's
+banner): reading a model never writes it. Readers ask `pending_in_place` and say that an
+interrupted apply is pending.
 """
 
 from __future__ import annotations
@@ -16,15 +20,15 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 from ..errors import Conflict, SurgeryError
 from ..store import Model, TensorReader, open_model
 from . import hexpatch as hp
-from .library import atomic_write, fsync_path
+from .leftovers import INTENT_FORMAT, INTENT_NAME, Writing, clean_in_place_leftovers
+from .library import fsync_path
 from .runs import ByteMap
-
-INTENT_NAME = ".tensor-surgery-inplace.json"
 
 
 class StateReader:
@@ -124,6 +128,23 @@ def _write_entries(model: Model, patch: hp.HexPatch) -> None:
             os.close(fd)
 
 
+def _journal_write(path: Path, data: bytes) -> None:
+    """Write a journal file atomically, through a temporary name that says whose it is
+    (`.<name>.tensor-surgery-<pid>-<tag>.tmp`), so that one left by a kill can be cleaned."""
+    tmp = path.with_name(f".{path.name}.tensor-surgery-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+    with Writing(tmp):
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_path(path.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
 def _unused_name(folder: Path, stem: str, suffix: str) -> Path:
     """`stem + suffix`, or `stem-2 + suffix`...: two applies in one second keep both backups."""
     path, n = folder / f"{stem}{suffix}", 1
@@ -145,6 +166,7 @@ def apply_in_place(model_path: str | os.PathLike, patches: list[tuple[str, hp.He
                 intent=str(intent),
             )
         runs = runs_for_patches(model, patches, checksum_fn=lambda: hp.model_checksum(model))  # as --out does
+        clean_in_place_leftovers(Path(model.path).parent)  # what killed applies left here
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = StateReader(model)
         forward = hp.HexPatch(
@@ -155,11 +177,12 @@ def apply_in_place(model_path: str | os.PathLike, patches: list[tuple[str, hp.He
         folder = Path(model.path).parent
         fwd_path = folder / f".tensor-surgery-forward-{stamp}.hexpatch"
         backup_path = _unused_name(folder, f"{Path(model.path).name}.backup-{stamp}", ".hexpatch")
-        atomic_write(backup_path, forward.inverted(f"backup before in-place apply of {', '.join(s for s, _ in patches)}").dumps().encode())
-        atomic_write(fwd_path, forward.dumps().encode())
-        atomic_write(intent, json.dumps({
-            "model": os.path.realpath(model.path), "forward": fwd_path.name, "backup": backup_path.name,
-            "started": time.time(), "pid": os.getpid(),
+        _journal_write(backup_path, forward.inverted(f"backup before in-place apply of {', '.join(s for s, _ in patches)}").dumps().encode())
+        _journal_write(fwd_path, forward.dumps().encode())
+        _journal_write(intent, json.dumps({
+            "format": INTENT_FORMAT, "model": os.path.realpath(model.path), "forward": fwd_path.name,
+            "backup": backup_path.name, "started": time.time(), "pid": os.getpid(),
+            "patches": [s for s, _ in patches], "entries": len(forward.entries),
         }).encode())
         _write_entries(model, forward)
         intent.unlink()
@@ -178,9 +201,18 @@ def recover_in_place(model_path: str | os.PathLike, rollback: bool = False) -> d
     resolved = resolve_model_path(model_path)
     intent = intent_path(Path(resolved).parent)
     if not intent.exists():
-        return {"recovered": False, "message": "no interrupted in-place apply"}
-    info = json.loads(intent.read_text())
+        return {"recovered": False, "message": "no interrupted in-place apply",
+                "removed_leftovers": clean_in_place_leftovers(intent.parent)}
     folder = intent.parent
+    try:
+        info = json.loads(intent.read_text())
+    except (OSError, ValueError) as e:
+        raise InterruptedApply(f"cannot recover: the journal {intent} cannot be read ({e})", intent=str(intent)) from None
+    names = [info.get(k) if isinstance(info, dict) else None for k in ("model", "forward", "backup")]
+    # the journal is a file in the model's folder: it names files beside itself, nothing else
+    if not all(isinstance(n, str) for n in names) or any(Path(n).name != n or n in (".", "..") for n in names[1:]):
+        raise InterruptedApply(f"cannot recover: the journal {intent} is not one an in-place apply wrote",
+                               intent=str(intent))
     if os.path.realpath(resolved) != info["model"]:
         # the journal sits in the folder: it may belong to another model beside this one
         raise Conflict(
@@ -197,6 +229,10 @@ def recover_in_place(model_path: str | os.PathLike, rollback: bool = False) -> d
     # The files changed under their headers' feet; reopening validates them again.
     model = open_model(resolved)
     try:
+        for e in patch.entries:  # written without a check of their old bytes: at least stay inside
+            if e.offset_bytes + len(e.new) > model.tensor(e.tensor_name).nbytes:
+                raise InterruptedApply(f"cannot recover: {source} writes past the end of {e.tensor_name!r}",
+                                       file=str(source), tensor=e.tensor_name)
         _write_entries(model, patch)
     finally:
         model.close()
@@ -206,38 +242,56 @@ def recover_in_place(model_path: str | os.PathLike, rollback: bool = False) -> d
         fwd.unlink()
     fsync_path(folder)
     return {"recovered": True, "direction": "rollback" if rollback else "rollforward",
-            "entries": len(patch.entries), "backup": str(folder / info["backup"])}
+            "entries": len(patch.entries), "backup": str(folder / info["backup"]),
+            "removed_leftovers": clean_in_place_leftovers(folder)}
 
 
-def finish_interrupted(model_path: str | os.PathLike) -> str | None:
-    """On the next start after a crash: roll an interrupted in-place apply of this model forward.
+def pending_in_place(model_path: str | os.PathLike) -> dict | None:
+    """The interrupted in-place apply of this model waiting for `patch recover`, or None.
 
-    Forward is what the user asked for; the backup (inverse) patch stays beside the model, so
-    rolling back is one `patch apply` away (or `patch recover --rollback` before this runs).
-    Returns a message to show, or None when nothing was pending for this model.
+    Only looks: nothing is written. The model's bytes may be half old, half new until the user
+    chooses to finish the apply or roll it back.
     """
     from ..store.model import resolve_model_path
 
-    resolved = resolve_model_path(model_path)
-    intent = intent_path(Path(resolved).parent)
-    if not intent.exists():
+    try:
+        resolved = resolve_model_path(model_path)
+    except SurgeryError:
         return None
+    intent = intent_path(Path(resolved).parent)
     try:
         info = json.loads(intent.read_text())
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or os.path.realpath(resolved) != info.get("model"):
-        return None
-    done = recover_in_place(resolved)
-    return (f"an in-place apply of {Path(resolved).name} was interrupted; it was finished now "
-            f"({done['entries']} entries rewritten). To undo it, apply the backup {done['backup']}")
+        info = {}
+    if not isinstance(info, dict):
+        info = {}
+    if info.get("model") not in (None, os.path.realpath(resolved)):
+        return None  # the journal of another model in the same folder
+    started = info.get("started")
+    return {
+        "model": resolved,
+        "intent": str(intent),
+        "started": started if isinstance(started, (int, float)) else None,
+        "patches": info.get("patches") if isinstance(info.get("patches"), list) else [],
+        "entries": info.get("entries") if isinstance(info.get("entries"), int) else None,
+        "backup": str(intent.parent / info["backup"]) if isinstance(info.get("backup"), str) else None,
+        "message": interrupted_message(resolved),
+    }
+
+
+def interrupted_message(model_path: str | os.PathLike) -> str:
+    return (f"an in-place apply of {Path(model_path).name} was interrupted: its bytes may be half old, half new. "
+            f"Nothing was changed now. Finish it with `tensor-surgery patch recover {model_path}`, or restore "
+            "the old bytes with `--rollback`")
 
 
 def check_no_pending_intent(model: Model) -> None:
     intent = intent_path(model)
     if intent.exists():
         raise Conflict(
-            f"{model.name} has an interrupted in-place apply ({intent}); recover it with "
-            "`tensor-surgery patch recover MODEL` before using it",
-            intent=str(intent),
+            f"{model.name} has an interrupted in-place apply ({intent}), so its bytes may be half old, half new; "
+            f"first finish it with `tensor-surgery patch recover {model.path}` (or restore the old bytes with "
+            "--rollback)", intent=str(intent),
         )

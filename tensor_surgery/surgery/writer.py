@@ -6,6 +6,12 @@ over them. With the layout unchanged, headers and the shard index are byte-ident
 source. Everything is written under a temporary name beside the output, fsynced, and renamed into
 place at the end, so the final name holds either nothing (or the old output) or the complete
 new model, never a torn one.
+
+Every export carries a marker (`.tensor-surgery-export.json` inside a folder, a hidden sidecar
+beside a single file) listing what it wrote. Overwriting replaces only such a marked previous
+export, unchanged since: never a folder or file the user owns, a root the caller protects (DATA_DIR,
+PATCH_DIR, the allowed roots) or anything holding one. The markers also let the leftovers of
+killed exports be recognised and removed (`leftovers.py`).
 """
 
 from __future__ import annotations
@@ -15,11 +21,21 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import InvalidRequest, SurgeryError
 from ..store import Model
+from .leftovers import (
+    MARKER_NAME,
+    Writing,
+    clean_export_leftovers,
+    file_identity,
+    not_a_previous_export,
+    process_token,
+    sidecar_path,
+    write_marker,
+)
 from .library import fsync_path
 
 Runs = dict[str, list[tuple[int, bytes]]]
@@ -39,7 +55,17 @@ SIDE_FILES = frozenset({
 class OutputExists(SurgeryError):
     code = "output_exists"
     http_status = 409
-    exit_code = 1  # like every other 409: the operation cannot go ahead as things are
+    exit_code = 2  # bad input (choose another OUT or --overwrite), though HTTP says 409
+
+
+class NotAnExport(OutputExists):
+    """Overwriting was asked for, but the output is not a previous export: it stays untouched."""
+
+    code = "not_an_export"
+
+
+# (what it is, path) pairs: never an export's output, never inside one (DATA_DIR, PATCH_DIR, roots)
+Protected = Iterable[tuple[str, str | os.PathLike]]
 
 
 def _sync_file_range():
@@ -125,23 +151,32 @@ def plan_shards(model: Model, max_shard_bytes: int) -> list[list[str]]:
 
 
 def plan_export(
-    model: Model, out: str | os.PathLike, runs: Runs, *, max_shard_bytes: int | None = None, overwrite: bool = False
+    model: Model, out: str | os.PathLike, runs: Runs, *, max_shard_bytes: int | None = None, overwrite: bool = False,
+    protected: Protected = (),
 ) -> list[list[str]] | None:
     """Check an export before any work (the API calls it before starting the job); returns the
     new layout (None: the source's own sharding)."""
     out = Path(out)
+    real_out = os.path.realpath(out)
     sources = {os.path.realpath(f.path) for f in model.files} | {os.path.realpath(model.path)}
-    if os.path.realpath(out) in sources or any(s.startswith(os.path.realpath(out) + os.sep) for s in sources):
+    if real_out in sources or any(s.startswith(real_out + os.sep) for s in sources):
         raise InvalidRequest(
             f"{out} is the model being read; export to a new path (or use patch apply --in-place)", field="out"
         )
+    for what, path in protected:
+        real = os.path.realpath(path)
+        if real == real_out or real.startswith(real_out.rstrip(os.sep) + os.sep):
+            raise InvalidRequest(
+                f"{out} {'is' if real == real_out else 'holds'} {what} ({path}); an export never replaces it: "
+                f"export into a new folder inside it instead (e.g. {Path(path) / 'exports' / 'my-model'})",
+                field="out", path=str(out),
+            )
     for name, rs in runs.items():
         ref = model.tensor(name)
         for off, data in rs:
             if off < 0 or off + len(data) > ref.nbytes:
                 raise InvalidRequest(f"run at byte {off} of {name!r} is outside the tensor", tensor=name)
-    if out.exists() and not overwrite:
-        raise OutputExists(f"{out} already exists; choose another output or allow overwriting", path=str(out))
+    _check_replaceable(out, overwrite)
     single_file = out.suffix == ".safetensors"
     if max_shard_bytes is None:
         if single_file and len(model.files) != 1:
@@ -155,6 +190,20 @@ def plan_export(
     return layout
 
 
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """An existing output may only be replaced when asked to, and only if it is a previous export."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise OutputExists(f"{out} already exists; choose another output or allow overwriting", path=str(out))
+    why = not_a_previous_export(out)
+    if why is not None:
+        raise NotAnExport(
+            f"{out} {why}; overwriting only ever replaces a previous export, so it was left alone. "
+            "Choose another output (or remove it yourself)", path=str(out),
+        )
+
+
 def export_model(
     model: Model,
     out: str | os.PathLike,
@@ -163,10 +212,11 @@ def export_model(
     max_shard_bytes: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    protected: Protected = (),
 ) -> dict:
     out = Path(out)
     started = time.perf_counter()
-    layout = plan_export(model, out, runs, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+    layout = plan_export(model, out, runs, max_shard_bytes=max_shard_bytes, overwrite=overwrite, protected=protected)
     single_file = out.suffix == ".safetensors"
 
     # what the copy ticks off: whole files (headers too) for the same layout, else tensor bytes
@@ -179,25 +229,35 @@ def export_model(
             progress(done[0], total)
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_export_leftovers(out.parent)  # what killed exports left beside this one
+    # Everything is written inside one hidden folder, marked before the first byte: a kill at any
+    # moment leaves something that cleaning recognises by its name and its marker.
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
-    try:
-        if single_file:
-            _write_same(model, tmp, runs, tick, single=True) if layout is None else \
-                _write_resharded(model, tmp, layout, runs, tick, single=True)
-        else:
+    marker = {"writer": process_token(), "source": model.path, "created": time.time()}
+    with Writing(tmp):
+        try:
             tmp.mkdir()
-            _write_same(model, tmp, runs, tick) if layout is None else \
-                _write_resharded(model, tmp, layout, runs, tick)
-            _copy_side_files(model, tmp)
-            fsync_path(tmp)
-        _replace(tmp, out, overwrite)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        raise
-    files = [out] if single_file else sorted(p for p in out.iterdir() if p.is_file())
+            write_marker(tmp / MARKER_NAME, {**marker, "state": "partial",
+                                             "files": [out.name] if single_file else _planned_files(model, layout)})
+            if single_file:
+                target = tmp / out.name
+                _write_same(model, target, runs, tick, single=True) if layout is None else \
+                    _write_resharded(model, target, layout, runs, tick, single=True)
+                _replace_file(target, out, overwrite, marker)
+                shutil.rmtree(tmp)  # only its marker is left in it
+            else:
+                _write_same(model, tmp, runs, tick) if layout is None else \
+                    _write_resharded(model, tmp, layout, runs, tick)
+                _copy_side_files(model, tmp)
+                write_marker(tmp / MARKER_NAME, {**marker, "state": "complete", "files": {
+                    p.name: file_identity(p) for p in sorted(tmp.iterdir()) if p.name != MARKER_NAME}})
+                fsync_path(tmp)
+                _replace_folder(tmp, out, overwrite)
+        except BaseException:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    files = [out] if single_file else sorted(p for p in out.iterdir() if p.is_file() and p.name != MARKER_NAME)
     return {
         "path": str(out),
         "files": [p.name for p in files],
@@ -236,9 +296,25 @@ def _write_same(model: Model, target: Path, runs: Runs, tick, single: bool = Fal
     return written
 
 
+def _shard_names(n: int) -> list[str]:
+    return ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def _planned_files(model: Model, layout: list[list[str]] | None) -> list[str]:
+    """The names a folder export will hold (its partial marker lists them before they exist)."""
+    if layout is None:
+        names = [os.path.basename(f.path) for f in model.files]
+        if model.kind == "sharded":
+            names.append(os.path.basename(model.path))
+    else:
+        names = _shard_names(len(layout)) + (["model.safetensors.index.json"] if len(layout) > 1 else [])
+    folder = Path(model.path).parent
+    return names + sorted(e.name for e in os.scandir(folder) if e.name in SIDE_FILES and e.is_file())
+
+
 def _write_resharded(model: Model, target: Path, layout: list[list[str]], runs: Runs, tick, single: bool = False) -> list[Path]:
     n = len(layout)
-    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    names = _shard_names(n)
     metadata = dict(model.files[0].header.metadata) if model.files[0].header.metadata else None
     weight_map = {}
     written = []
@@ -290,20 +366,40 @@ def _copy_side_files(model: Model, target: Path) -> None:
 
 
 
-def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished output into place. A file replaces an old file in one atomic rename; a
-    folder cannot be renamed over another, so an old folder is set aside first, then removed."""
+def _replace_folder(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished folder into place. A folder cannot be renamed over another, so a previous
+    export is set aside first (`.<out>.old-<tag>`: cleaning puts it back if a kill lands between
+    the two renames), then removed."""
     old = None
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise OutputExists(f"{out} already exists", path=str(out))
-        if tmp.is_dir() or out.is_dir():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
+    _check_replaceable(out, overwrite)  # again: the output may have appeared while this export ran
+    with Writing(out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}") as aside:
+        if out.exists() or out.is_symlink():
+            if not out.is_dir():
+                raise NotAnExport(f"{out} is a file; a folder export cannot replace it", path=str(out))
+            old = Path(aside.path)
             os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_path(out.parent)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+        os.replace(tmp, out)
+        fsync_path(out.parent)
+        if old is not None:
+            shutil.rmtree(old)
+
+
+def _replace_file(target: Path, out: Path, overwrite: bool, marker: dict) -> None:
+    """Move the finished file into place in one atomic rename. Its sidecar marker accepts both the
+    old and the new file while the rename happens, so a kill leaves either one marked."""
+    _check_replaceable(out, overwrite)
+    identities = [file_identity(target)]
+    if out.exists() or out.is_symlink():
+        if out.is_dir():
+            raise NotAnExport(f"{out} is a folder; a single-file export cannot replace it", path=str(out))
+        identities.append(file_identity(out))
+    sidecar = sidecar_path(out)
+    with Writing(sidecar):
+        write_marker(sidecar, {**marker, "kind": "file", "file": out.name, "identities": identities})
+        os.replace(target, out)
+        fsync_path(out.parent)
+        if len(identities) > 1:
+            write_marker(sidecar, {**marker, "kind": "file", "file": out.name, "identities": identities[:1]})
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

@@ -21,12 +21,14 @@ from ..surgery.staging import StagedOverlays, Staging
 from ..workspace import Workspace
 from ..live.service import LiveService
 from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
+from . import routes_recovery
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
 
 ROUTERS = [
     routes_pages.router,
     routes_model.router,
+    routes_recovery.router,
     routes_tensors.router,
     routes_edits.router,
     routes_patches.router,
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         workspace.open_default()
+        routes_export.clean_leftovers_at_start(settings, workspace, app.state.jobs)
         yield
         app.state.live.close()
         workspace.close()
@@ -68,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.token = token
     app.state.staging = staging
     app.state.library = PatchLibrary(settings.patch_dir)
-    app.state.jobs = JobRunner()
+    app.state.jobs = JobRunner(store=settings.data_dir / "jobs")  # kept on disk: a kill is reported, not forgotten
     app.state.investigator = Investigator(workspace, ConversationStore(journal.engine), settings)
     app.state.live = LiveService(workspace, staging, settings)
     workspace.switch_listeners.append(app.state.live.model_switched)

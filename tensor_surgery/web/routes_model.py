@@ -28,7 +28,11 @@ class OpenModelRequest(BaseModel):
 
 
 def model_info(ws, model) -> dict:
-    return {**model.summary(), "allowed_roots": [str(r) for r in ws.roots.roots], "hf": hf_config_hint(model)}
+    from ..surgery.apply import pending_in_place
+
+    return {**model.summary(), "allowed_roots": [str(r) for r in ws.roots.roots],
+            "interrupted_apply": pending_in_place(model.path),  # null, or what POST /api/model/recover resolves
+            "hf": hf_config_hint(model)}
 
 
 @router.get("/model", summary="The open model: name, path, sharding, tensor count, size, dtype mix")
