@@ -13,7 +13,24 @@ export class ApiError extends Error {
 // Tensor names go in the path: encode everything but "/" (the route accepts slashes).
 export const tensorPath = (name) => encodeURIComponent(name).replace(/%2F/g, "/");
 
-export async function api(path, { method = "GET", body, params, signal } = {}) {
+const pending = new Set(); // reads in flight
+
+// Resolves when every read in flight has answered (or after `timeoutMs`): before the server
+// switches models, so that no read asked about the old model reaches it afterwards (a 404).
+export function settled(timeoutMs = 3000) {
+  return Promise.race([Promise.allSettled([...pending]), new Promise((ok) => setTimeout(ok, timeoutMs))]);
+}
+
+export function api(path, opts = {}) {
+  const p = request(path, opts);
+  if ((opts.method || "GET") === "GET") {
+    pending.add(p);
+    p.finally(() => pending.delete(p)).catch(() => {});
+  }
+  return p;
+}
+
+async function request(path, { method = "GET", body, params, signal } = {}) {
   const url = new URL(path, location.origin);
   if (params) {
     for (const [k, v] of Object.entries(params)) {

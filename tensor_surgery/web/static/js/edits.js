@@ -1,9 +1,11 @@
 // The patch editor: staged edits with their descriptions, revert, undo/redo, and per-edit byte runs.
 
 import { api } from "./api.js";
-import { clearError, el, emit, fmtNum, on, select, setChildren, showError, state } from "./state.js";
+import { clearError, el, emit, fmtNum, on, select, setChildren, setStaged, showError, state } from "./state.js";
 
 let listing = { edits: [], undone: [] };
+let history = { undo: null, redo: null }; // GET /api/edits/history: what the buttons would do
+let reading = 0; // bumps per listing request: only the latest answer is shown
 
 export function initEdits() {
   const root = document.getElementById("tab-edits");
@@ -16,33 +18,44 @@ export function initEdits() {
     el("ul", { class: "list", id: "edits-list" }),
   );
   on("edits-changed", refresh);
+  on("model-switching", () => { reading++; });
+  on("model", () => {
+    listing = { edits: [], undone: [] };
+    history = { undo: null, redo: null };
+    clearError(document.getElementById("edits-error"));
+    render(); // the next listing (asked for by the model loader) fills it
+  });
 }
 
-export async function refresh(changedTensors) {
+async function refresh(changedTensors) {
+  const mine = ++reading;
   try {
-    listing = await api("/api/edits");
+    const [answer, steps] = await Promise.all([api("/api/edits"), api("/api/edits/history")]);
+    if (mine !== reading) return; // a newer listing (or another model) is on its way
+    listing = answer;
+    history = steps;
   } catch (e) {
-    showError(e, document.getElementById("edits-error"));
+    if (mine === reading) showError(e, document.getElementById("edits-error"));
     return;
   }
-  const before = new Map(state.staged);
-  state.staged = new Map(Object.entries(listing.staged_tensors));
-  const touched = new Set(Array.isArray(changedTensors) ? changedTensors : []);
-  for (const n of new Set([...before.keys(), ...state.staged.keys()])) {
-    if (before.get(n) !== state.staged.get(n)) touched.add(n);
-  }
+  const touched = new Set(Array.isArray(changedTensors) ? changedTensors.filter((n) => state.byName.has(n)) : []);
+  for (const n of setStaged(new Map(Object.entries(listing.staged_tensors)))) touched.add(n);
   render();
+  emit("edits", listing);
   emit("staged", [...touched]);
 }
 
 function render() {
   const list = document.getElementById("edits-list");
-  document.getElementById("undo-btn").disabled = !listing.edits.length;
-  document.getElementById("redo-btn").disabled = !listing.undone.length;
+  const step = (s) => (s ? `${s.action === "revert" ? "the revert of " : ""}#${s.edit_id} ${s.description}` : "");
+  const undo = document.getElementById("undo-btn"), redo = document.getElementById("redo-btn");
+  undo.disabled = !history.undo;
+  redo.disabled = !history.redo;
+  undo.textContent = history.undo && history.undo.action === "revert" ? `↶ Undo revert #${history.undo.edit_id}` : "↶ Undo";
+  redo.textContent = history.redo && history.redo.action === "revert" ? `↷ Redo revert #${history.redo.edit_id}` : "↷ Redo";
+  undo.title = history.undo ? `undo ${step(history.undo)}` : "nothing to undo";
+  redo.title = history.redo ? `redo ${step(history.redo)}` : "nothing to redo";
   document.getElementById("clear-btn").disabled = !listing.edits.length;
-  const badge = document.getElementById("staged-badge");
-  badge.textContent = `${listing.edits.length} staged`;
-  badge.classList.toggle("has", listing.edits.length > 0);
   if (!listing.edits.length) {
     setChildren(list, el("li", { class: "muted" }, "No staged edits. Edit values from the Focus tab, or load a patch."));
     return;
@@ -56,7 +69,7 @@ function render() {
         e.tensor_names.length > 3 ? `+${e.tensor_names.length - 3} more` : ""),
       el("div", { class: "actions" },
         el("button", { onclick: () => toggleDetails(e.id, details) }, "Bytes"),
-        el("button", { class: "danger", onclick: () => act(`/api/edits/${e.id}/revert`) }, "Revert")),
+        el("button", { class: "danger", title: "take this edit out (Undo brings it back)", onclick: () => act(`/api/edits/${e.id}/revert`) }, "Revert")),
       details);
   }));
 }
@@ -96,6 +109,3 @@ async function clearAll() {
   }
 }
 
-export function currentEdits() {
-  return listing.edits;
-}

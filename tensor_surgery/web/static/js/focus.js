@@ -2,16 +2,20 @@
 // edit controls. Slicing works for any rank: two viewed dimensions with start/end/step, a fixed
 // index for each other dimension.
 
+//
+// Focus owns what it shows (the tensor, the slice, the heatmap selection) and tells the editor and
+// the hex view about it with events ("focus-tensor", "slice-loaded", "cell-selected"); they never
+// read this module's state.
+
 import { api, tensorPath } from "./api.js";
-import { react } from "./plot.js";
-import { initEditor } from "./editor.js";
-import { initHexView } from "./hexview.js";
-import { clearError, cssVar, el, emit, fmtBytes, fmtNum, groupColor, on, setChildren, showError, state } from "./state.js";
+import { PLOT_CONFIG, plotLayout, purge, react } from "./plot.js";
+import { defaultSlice as sliceFor, fullIndex as indexIn, sliceParams as paramsOf } from "./slicing.js";
+import { clearError, cssVar, el, emit, fmtBytes, fmtList, fmtNum, groupColor, on, setChildren, setView, showError, state } from "./state.js";
 
 const STAT_KEYS = ["min", "max", "mean", "std", "abs_max", "l2_norm", "sparsity", "nan_count", "inf_count", "distinct_values"];
 
-let gen = 0; // bumps when the selected tensor changes: late answers for an old tensor are dropped
-export const focus = {
+let gen = 0; // bumps when the selected tensor (or the model) changes: late answers are dropped
+const focus = {
   tensor: null,
   slice: null, // {row, col, ranges: {dim: [start, end, step]}, idx: {dim: i}}
   data: null, // last slice answer
@@ -19,48 +23,39 @@ export const focus = {
   anchor: null,
 };
 
-export function sliceParams(s = focus.slice, rect = null) {
-  const p = {};
-  for (const [d, i] of Object.entries(s.idx)) p[`dim${d}_idx`] = i;
-  for (const [d, [a, b, st]] of Object.entries(s.ranges)) {
-    const dim = Number(d);
-    if (rect && dim === s.row) { p[`dim${d}_start`] = rect.r0; p[`dim${d}_end`] = rect.r1 + 1; continue; }
-    if (rect && dim === s.col) { p[`dim${d}_start`] = rect.c0; p[`dim${d}_end`] = rect.c1 + 1; continue; }
-    p[`dim${d}_start`] = a;
-    p[`dim${d}_end`] = b;
-    if (st > 1 && !rect) p[`dim${d}_step`] = st;
-  }
-  return p;
-}
-
-function defaultSlice(shape) {
-  const rank = shape.length;
-  const s = { row: null, col: null, ranges: {}, idx: {} };
-  if (rank === 0) return s;
-  s.col = rank - 1;
-  s.row = rank >= 2 ? rank - 2 : null;
-  shape.forEach((n, d) => {
-    if (d === s.row || d === s.col) s.ranges[d] = [0, Math.min(n, state.prefs.window), 1];
-    else s.idx[d] = 0;
-  });
-  return s;
-}
-
-// Full index of a heatmap cell (row r, col c in tensor indices of the viewed dims).
-export function fullIndex(r, c, s = focus.slice) {
-  const shape = focus.tensor.shape;
-  return shape.map((_, d) => (d === s.row ? r : d === s.col ? c : s.idx[d] ?? 0));
-}
+const sliceParams = (s = focus.slice, rect = null) => paramsOf(s, rect);
+const defaultSlice = (shape) => sliceFor(shape, state.prefs.window);
+const fullIndex = (r, c, s = focus.slice) => indexIn(focus.tensor.shape, s, r, c);
 
 export function initFocus() {
-  const root = document.getElementById("tab-focus");
-  root.append(el("p", { class: "empty-state", text: "Select a tensor on the canvas, or find one with the filter below." }));
+  const root = document.getElementById("focus-main");
+  reset(root);
   on("select", (name) => show(root, name));
+  on("model-switching", () => { gen++; }); // answers about the old model are dropped from here on
+  on("model", () => reset(root));
   on("staged", (names) => {
-    if (focus.tensor && (!names || names.includes(focus.tensor.name))) refresh(root);
+    if (!focus.tensor || (names && !names.includes(focus.tensor.name))) return;
+    const count = document.getElementById("focus-staged-count");
+    if (count) count.textContent = String(state.staged.get(focus.tensor.name) || 0);
+    if (state.view === "staged") refresh(); // the base view does not change with staged edits
   });
-  on("view", () => focus.tensor && refresh(root));
+  on("view", (v) => {
+    document.querySelectorAll("#view-toggle button").forEach((b) => b.setAttribute("aria-pressed", String(b.textContent === v)));
+    if (focus.tensor) refresh();
+  });
   on("theme", redrawPlots); // Plotly keeps the colours it was drawn with
+}
+
+// Nothing selected (at start, and whenever the model changes): the hint, no plots, no requests.
+function reset(root) {
+  gen++;
+  focus.tensor = null;
+  focus.slice = focus.data = focus.sel = focus.anchor = focus.overview = null;
+  for (const id of ["heatmap", "hist-plot", "rank-plot"]) purge(id);
+  setChildren(root, el("p", { class: "empty-state", id: "focus-empty" },
+    state.model ? `Select a tensor of ${state.model.name} on the canvas, or find one with the filter below.`
+      : "Select a tensor on the canvas, or find one with the filter below."));
+  emit("focus-tensor", null);
 }
 
 function redrawPlots() {
@@ -80,14 +75,16 @@ function show(root, name) {
   focus.anchor = null;
   const m = t.metadata_for_canvas;
   document.querySelector('[data-tab="focus"]').click();
+  for (const id of ["heatmap", "hist-plot", "rank-plot"]) purge(id);
   setChildren(root, 
     el("div", { class: "section" },
       el("div", { class: "tensor-title", id: "focus-name", style: `border-left-color:${groupColor(m.type_group)}` }, t.name),
       el("dl", { class: "kv", id: "focus-facts" },
-        ...kv("dtype", t.dtype), ...kv("shape", `[${t.shape.join(", ")}]`), ...kv("elements", fmtNum(t.numel)),
+        ...kv("dtype", t.dtype), ...kv("shape", fmtList(t.shape)), ...kv("elements", fmtNum(t.numel)),
         ...kv("bytes", `${fmtBytes(t.nbytes)} (${fmtNum(t.nbytes)})`), ...kv("layer", m.layer_index),
         ...kv("type", m.type_group + (m.expert_index !== null && m.expert_index !== undefined ? ` · expert ${m.expert_index}` : "")),
-        ...kv("role", m.specific_type_key), ...kv("staged edits", state.staged.get(t.name) || 0))),
+        ...kv("role", m.specific_type_key), el("dt", {}, "staged edits"),
+        el("dd", { id: "focus-staged-count" }, String(state.staged.get(t.name) || 0)))),
     el("div", { class: "section row" },
       el("span", { class: "muted" }, "show"),
       el("span", { class: "seg", id: "view-toggle" },
@@ -105,33 +102,24 @@ function show(root, name) {
     el("div", { class: "section", id: "slice-section" }, el("h4", {}, "Slice"), el("div", { id: "slice-controls" }),
       el("div", { class: "plot", id: "heatmap" }), el("div", { class: "muted", id: "slice-info" }),
       el("p", { class: "error-msg", id: "slice-error", role: "alert" })),
-    el("div", { class: "section", id: "edit-section" }),
-    el("div", { class: "section", id: "hex-section" }),
   );
   renderSliceControls();
-  initEditor(document.getElementById("edit-section"));
-  initHexView(document.getElementById("hex-section"));
-  refresh(root);
+  emit("focus-tensor", { tensor: t });
+  refresh();
 }
 
 function kv(k, v) {
   return [el("dt", {}, k), el("dd", {}, String(v))];
 }
 
-function setView(v) {
-  state.view = v;
-  document.querySelectorAll("#view-toggle button").forEach((b) => b.setAttribute("aria-pressed", String(b.textContent === v)));
-  emit("view", v);
-}
-
 function refresh() {
   const g = gen;
-  const facts = document.querySelector("#focus-facts dd:last-of-type");
-  if (facts) facts.textContent = String(state.staged.get(focus.tensor.name) || 0);
+  const count = document.getElementById("focus-staged-count");
+  if (count) count.textContent = String(state.staged.get(focus.tensor.name) || 0);
   loadStats(g);
   loadHistogram(g);
   loadSlice(g);
-  emit("focus-refresh");
+  emit("focus-refresh", { tensor: focus.tensor });
 }
 
 // -- statistics ------------------------------------------------------------------------------------
@@ -279,7 +267,7 @@ function pageSlice(direction) {
   loadSlice(gen);
 }
 
-export async function loadSlice(g = gen) {
+async function loadSlice(g = gen) {
   const err = document.getElementById("slice-error");
   clearError(err);
   const t = focus.tensor;
@@ -292,7 +280,7 @@ export async function loadSlice(g = gen) {
     document.getElementById("slice-info").textContent =
       `${d.slice_definition} · ${d.slice_shape.join("×") || "scalar"} · ${d.view} · range [${fmtNum(d.min_value_in_slice)}, ${fmtNum(d.max_value_in_slice)}]`
       + (d.nonfinite_count ? ` · ${d.nonfinite_count} NaN/Inf (blank)` : "");
-    emit("slice-loaded", d);
+    emit("slice-loaded", { tensor: t, slice: focus.slice, params: sliceParams(), data: d, selection: selectionDetail() });
   } catch (e) {
     if (g === gen) showError(e, err);
   }
@@ -390,7 +378,7 @@ async function drawHeatmap(d) {
         focus.sel = { r0: r, r1: r, c0: c, c1: c };
       }
       window.Plotly.relayout(plot, { shapes: selectionShapes() });
-      emit("cell-selected", { ...focus.sel, value: p.z });
+      emit("cell-selected", { ...selectionDetail(), value: p.z });
     });
   }
 }
@@ -417,17 +405,27 @@ function selectionShapes() {
   }];
 }
 
-// -- plotly ---------------------------------------------------------------------------------------
-
-export const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d", "toImage"] };
-
-export function plotLayout(extra = {}) {
-  const text = cssVar("--text"), grid = cssVar("--line");
-  const axis = (a = {}) => ({ gridcolor: grid, zerolinecolor: grid, color: text, ...a });
+// What the editor and the hex view need about the heatmap selection (null when nothing is picked),
+// with the value now shown at a single picked cell (after an edit is staged it is the new one).
+function selectionDetail() {
+  const sel = focus.sel;
+  if (!sel || !focus.tensor) return null;
   return {
-    paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
-    font: { color: text, size: 11 }, margin: { l: 44, r: 8, t: 6, b: 30 },
-    ...extra,
-    xaxis: axis(extra.xaxis), yaxis: axis(extra.yaxis),
+    tensor: focus.tensor, ...sel, index: fullIndex(sel.r0, sel.c0), params: sliceParams(focus.slice, sel),
+    value: sel.r0 === sel.r1 && sel.c0 === sel.c1 ? shownValue(sel.r0, sel.c0) : null,
   };
+}
+
+function shownValue(r, c) {
+  const d = focus.data, s = focus.slice;
+  if (!d || focus.overview || !d.slice_shape.length) return null;
+  const [ca, , cs] = s.ranges[s.col];
+  const j = (c - ca) / cs;
+  let row = d.data;
+  if (d.slice_shape.length === 2) {
+    const [ra, , rs] = s.ranges[s.row];
+    row = d.data[(r - ra) / rs];
+  }
+  const v = row ? row[j] : undefined;
+  return v === undefined || Array.isArray(v) ? null : v;
 }

@@ -1,24 +1,29 @@
 // Header: model status, open another model, save staged edits as a patch, export with progress,
-// theme.
+// theme, settings, and a status line for notices ("event: notice"). It learns the staged edits and
+// the patch library from the "edits" and "library" events.
 
 import { api } from "./api.js";
-import { currentEdits, refresh as refreshEdits } from "./edits.js";
-import { library } from "./patches.js";
+import { openModel } from "./model.js";
 import { clearError, el, emit, fmtBytes, fmtNum, on, savePrefs, setChildren, showError, state } from "./state.js";
 
-export function initHeader(loadModel) {
+let edits = []; // the open model's staged edits (last "edits" event)
+let library = []; // the patch library (last "library" event)
+
+export function initHeader() {
   document.getElementById("open-model-form").addEventListener("submit", async (e) => {
     e.preventDefault();
-    const path = document.getElementById("open-model-path").value.trim();
+    const input = document.getElementById("open-model-path");
+    const path = input.value.trim();
     if (!path) return;
+    clearError(document.getElementById("header-error"));
     try {
-      await api("/api/model", { method: "POST", body: { path } });
-      await loadModel();
-      document.getElementById("open-model-path").value = "";
+      await openModel(path);
+      input.value = "";
     } catch (err) {
       showError(err);
     }
   });
+  document.getElementById("open-model-path").addEventListener("focus", loadChoices);
   document.getElementById("save-patch-btn").addEventListener("click", openSaveDialog);
   document.getElementById("save-form").addEventListener("submit", savePatch);
   document.getElementById("export-btn").addEventListener("click", openExportDialog);
@@ -30,7 +35,37 @@ export function initHeader(loadModel) {
   setTheme(localStorage.getItem("ts-theme") || "dark");
   document.getElementById("settings-btn").addEventListener("click", openSettings);
   document.getElementById("settings-form").addEventListener("submit", applySettings);
-  on("model", renderStatus);
+  on("model-switching", () => notice(null));
+  on("model", () => { renderStatus(); loadChoices(); });
+  on("notice", notice);
+  on("edits", (listing) => {
+    edits = listing.edits;
+    const badge = document.getElementById("staged-badge");
+    badge.textContent = `${edits.length} staged`;
+    badge.classList.toggle("has", edits.length > 0);
+  });
+  on("library", (patches) => { library = patches; });
+}
+
+// A short status line under the header (not an error): kept until the next model switch or notice.
+function notice(n) {
+  const box = document.getElementById("header-notice");
+  if (!box) return;
+  box.hidden = !n;
+  box.className = `header-notice ${n && n.kind === "warn" ? "warn-msg" : "muted"}`;
+  setChildren(box, n ? [el("span", {}, n.text), el("button", { class: "link", "aria-label": "Dismiss", title: "Dismiss", onclick: () => notice(null) }, "×")] : []);
+}
+
+// The models the Open box offers (GET /api/models: this session's, the demo models), as a datalist.
+async function loadChoices() {
+  try {
+    const { models } = await api("/api/models");
+    setChildren(document.getElementById("model-choices"), ...models.filter((m) => !m.current).map((m) =>
+      el("option", { value: m.path, label: `${m.name} (${m.source === "demo" ? "demo model" : "opened before"})` })));
+  } catch (e) {
+    // the box still takes any path; the error is the server's to report
+    showError(e);
+  }
 }
 
 function setTheme(theme) {
@@ -81,7 +116,6 @@ function applySettings(e) {
 
 function openSaveDialog() {
   const dlg = document.getElementById("save-dialog");
-  const edits = currentEdits();
   clearError(document.getElementById("save-error"));
   const box = document.getElementById("save-edit-choice");
   setChildren(box, el("legend", {}, "Edits to include"), ...(edits.length ? edits.map((e) =>
@@ -97,7 +131,7 @@ async function savePatch(e) {
   e.preventDefault();
   const form = e.target;
   const ids = [...form.querySelectorAll('input[name="edit"]:checked')].map((i) => Number(i.value));
-  const all = ids.length === currentEdits().length;
+  const all = ids.length === edits.length;
   try {
     await api("/api/patches", { method: "POST", body: {
       name: form.name.value.trim(), description: form.description.value, edit_ids: all ? null : ids,
@@ -187,4 +221,3 @@ export function followJob(id, onEvent) {
   return source;
 }
 
-export { refreshEdits };

@@ -1,15 +1,37 @@
 // Hex view of the selected region: the bytes as stored (little-endian) and each element decoded.
 // Bytes are editable: changed ones are previewed as a write_hex edit, then staged.
 
+// The focused tensor comes from Focus's events; a byte edit is handed to the editor as a
+// "preview-edit" request.
+
 import { api, tensorPath } from "./api.js";
-import { preview } from "./editor.js";
-import { focus, fullIndex } from "./focus.js";
-import { clearError, el, fmtNum, on, setChildren, showError, state } from "./state.js";
+import { flatIndex } from "./slicing.js";
+import { clearError, el, emit, fmtNum, on, setChildren, showError, state } from "./state.js";
 
 const ELEMENTS = 16;
 let current = null; // last hex answer
+let tensor = null; // the tensor Focus shows, or null
+let root = null;
 
-export function initHexView(root) {
+export function initHexView() {
+  root = document.getElementById("hex-section");
+  root.hidden = true;
+  on("focus-tensor", (d) => show(d && d.tensor));
+  on("cell-selected", (sel) => {
+    if (!tensor || sel.tensor.name !== tensor.name) return;
+    const flat = flatIndex(tensor.shape, sel.index);
+    document.getElementById("hex-element").value = flat;
+    load(flat);
+  });
+  // a staged edit or a view switch: show the same bytes again, as they are now
+  on("focus-refresh", () => tensor && load(Number(document.getElementById("hex-element").value)));
+}
+
+function show(t) {
+  tensor = t || null;
+  current = null;
+  root.hidden = !tensor;
+  if (!tensor) { setChildren(root); return; }
   setChildren(root, 
     el("h4", {}, "Bytes"),
     el("div", { class: "row" },
@@ -19,34 +41,21 @@ export function initHexView(root) {
     el("div", { id: "hex-body" }),
     el("p", { class: "error-msg", id: "hex-error", role: "alert" }),
   );
-  load(0);
+  // the bytes load on Focus's "focus-refresh", which follows "focus-tensor" at once
 }
-
-function flatIndex(index) {
-  const shape = focus.tensor.shape;
-  return index.reduce((acc, v, d) => acc * shape[d] + v, 0);
-}
-
-on("cell-selected", (sel) => {
-  if (!document.getElementById("hex-body")) return;
-  const flat = flatIndex(fullIndex(sel.r0, sel.c0));
-  document.getElementById("hex-element").value = flat;
-  load(flat);
-});
-on("view", () => document.getElementById("hex-body") && load(Number(document.getElementById("hex-element").value)));
-on("focus-refresh", () => document.getElementById("hex-body") && load(Number(document.getElementById("hex-element").value)));
 
 async function load(element) {
   const body = document.getElementById("hex-body");
   const err = document.getElementById("hex-error");
   clearError(err);
-  const name = focus.tensor.name;
+  const t = tensor;
   try {
-    const h = await api(`/api/tensor_hex/${tensorPath(name)}`, { params: { element, count: ELEMENTS, view: state.view } });
-    if (!focus.tensor || focus.tensor.name !== name) return;
+    const h = await api(`/api/tensor_hex/${tensorPath(t.name)}`, { params: { element, count: ELEMENTS, view: state.view } });
+    if (tensor !== t) return; // another tensor (or model) since
     current = h;
     setChildren(body, render(h));
   } catch (e) {
+    if (tensor !== t) return;
     setChildren(body);
     showError(e, err);
   }
@@ -64,7 +73,7 @@ function render(h) {
       }
       rows.push(el("tr", {},
         el("td", {}, `[${e.index.join(",")}]`), el("td", { class: "muted" }, e.byte_offset),
-        el("td", { class: "byte" }, ...cells), el("td", { class: "muted" }, `0x${e.bits_hex}`), el("td", {}, fmtNum(e.value))));
+        el("td", { class: "byte" }, ...cells), el("td", { class: "muted" }, `0x${e.bits_hex}`), el("td", {}, fmtNum(e.value, { signedZero: true }))));
     }
   } else {
     bytes.forEach((b, k) => rows.push(el("tr", {}, el("td", {}, ""), el("td", { class: "muted" }, h.offset + k),
@@ -103,6 +112,5 @@ function previewHex() {
   const byOffset = new Map(inputs.map((i) => [Number(i.dataset.offset), i.value]));
   let hex = "";
   for (let b = lo; b <= hi; b++) hex += byOffset.get(b);
-  preview({ tensor_name: focus.tensor.name, op: "write_hex", offset: lo, hex });
-  document.getElementById("edit-section").scrollIntoView({ block: "nearest" });
+  emit("preview-edit", { tensor_name: tensor.name, op: "write_hex", offset: lo, hex });
 }

@@ -4,7 +4,12 @@
 // With no LLM configured, the same tools run by hand from a form built from their JSON schemas.
 
 import { api, ApiError } from "./api.js";
-import { clearError, el, emit, fmtNum, on, select, setChildren, showError, state } from "./state.js";
+import { clearError, el, emit, fmtNum, fmtPlain, fmtToken, on, select, setChildren, showError, state } from "./state.js";
+
+// Keys whose integers are identifiers or positions (no thousands separators: "7042", "[576, 1536]")
+// and keys whose strings are token texts (quoted, so " France" and "France" differ, as in Live).
+const PLAIN_INT_KEY = /(^|_)(id|ids|index|indices|idx|shape|dim|dims|layer|row|rows|col|cols|offset|position|rank)$/;
+const TOKEN_TEXT_KEY = /^(text|texts|piece|pieces|token|tokens_text)$/;
 
 const EXAMPLES = [
   "Which tensors look anomalous?",
@@ -24,10 +29,21 @@ export function initInvestigate() {
   setChildren(root, el("p", { class: "muted" }, "Loading the agent's tools…"));
   load();
   on("model", () => {
+    document.getElementById("inv-tensor-names")?.remove(); // the old model's names; rebuilt on demand
     if (!info) return;
     if (running) running.abort();
     conversationId = null;
     if (info.llm.configured) { renderTranscript([]); refreshConversations(); }
+    // a tool result or error about the old model: cleared, with the tensor fields
+    const out = document.getElementById("tool-result");
+    if (out) setChildren(out);
+    clearError(document.getElementById("tool-error"));
+    clearError(document.getElementById("inv-error"));
+    const tensorInputs = document.querySelectorAll('#tool-form [data-kind="tensor"]');
+    for (const input of tensorInputs) input.value = "";
+    if (tensorInputs.length && state.tensors.length <= 5000) {
+      document.body.append(el("datalist", { id: "inv-tensor-names" }, ...state.tensors.map((t) => el("option", { value: t.name }))));
+    }
   });
 }
 
@@ -296,20 +312,32 @@ function isPlain(v) {
   return v === null || ["string", "number", "boolean"].includes(typeof v);
 }
 
-function renderScalar(v) {
+function renderScalar(v, key = "") {
   if (v === null || v === undefined) return el("span", { class: "muted" }, "–");
-  if (typeof v === "string") return state.byName.has(v) ? tensorLink(v) : el("span", {}, v);
-  if (typeof v === "number") return el("span", { class: "mono" }, fmtNum(v));
+  if (typeof v === "string") {
+    if (TOKEN_TEXT_KEY.test(key)) return el("span", { class: "mono token-text" }, fmtToken(v));
+    return state.byName.has(v) ? tensorLink(v) : el("span", {}, v);
+  }
+  if (typeof v === "number") return el("span", { class: "mono" }, PLAIN_INT_KEY.test(key) ? fmtPlain(v) : fmtNum(v));
   return el("span", { class: "mono" }, String(v));
 }
 
-// A tool result, readably: tables for lists of records, key/value lists for objects.
-export function renderValue(v, depth = 0) {
-  if (isPlain(v) || v === undefined) return renderScalar(v);
+// One element of a list of plain values: integers as digits (shapes, ids), token texts quoted.
+function listItem(x, key) {
+  if (x === null) return "–";
+  if (typeof x === "number") return Number.isInteger(x) ? fmtPlain(x) : fmtNum(x);
+  if (typeof x === "string" && TOKEN_TEXT_KEY.test(key)) return fmtToken(x);
+  return String(x);
+}
+
+// A tool result, readably: tables for lists of records, key/value lists for objects. `key` is the
+// field the value sits in (it decides how numbers and strings read).
+export function renderValue(v, depth = 0, key = "") {
+  if (isPlain(v) || v === undefined) return renderScalar(v, key);
   if (Array.isArray(v)) {
     if (!v.length) return el("span", { class: "muted" }, "(none)");
     if (v.every(isPlain)) {
-      const shown = v.slice(0, 64).map((x) => (typeof x === "number" ? fmtNum(x) : x === null ? "–" : String(x)));
+      const shown = v.slice(0, 64).map((x) => listItem(x, key));
       if (v.every((x) => typeof x === "string" && state.byName.has(x))) {
         return el("div", {}, ...v.slice(0, 64).flatMap((x, i) => [i ? ", " : "", tensorLink(x)]),
           v.length > 64 ? ` … ${v.length - 64} more` : "");
@@ -322,14 +350,14 @@ export function renderValue(v, depth = 0) {
       return el("div", { class: "inv-table-wrap" },
         el("table", { class: "inv-table" },
           el("tr", {}, ...keys.map((k) => el("th", {}, k))),
-          ...rows.map((r) => el("tr", {}, ...keys.map((k) => el("td", {}, renderValue(r[k], depth + 1)))))),
+          ...rows.map((r) => el("tr", {}, ...keys.map((k) => el("td", {}, renderValue(r[k], depth + 1, k)))))),
         v.length > 200 ? el("div", { class: "muted" }, `… ${v.length - 200} more rows`) : null);
     }
-    return el("ol", { class: "inv-list" }, ...v.slice(0, 100).map((x) => el("li", {}, renderValue(x, depth + 1))));
+    return el("ol", { class: "inv-list" }, ...v.slice(0, 100).map((x) => el("li", {}, renderValue(x, depth + 1, key))));
   }
   if (depth > 4) return el("code", {}, JSON.stringify(v).slice(0, 400));
   return el("dl", { class: "kv inv-kv" },
-    ...Object.entries(v).flatMap(([k, x]) => [el("dt", {}, k), el("dd", {}, renderValue(x, depth + 1))]));
+    ...Object.entries(v).flatMap(([k, x]) => [el("dt", {}, k), el("dd", {}, renderValue(x, depth + 1, k))]));
 }
 
 // -- proposed edits: preview, then stage (the user's decision, never the agent's) ---------------

@@ -2,10 +2,17 @@
 // WebSocket whenever staged edits, toggles, adapters or the prompt change. The socket reconnects
 // by itself; toggles are messages, so the latest state always wins on the server.
 
+//
+// The chart can be docked at the bottom of the sidebar (the default), so the logits stay in view
+// while editing in Focus; the table, toggles and adapters stay in this tab. On a model switch
+// everything here resets, and a model that is not a causal LM is said to be one before loading.
+
 import { api } from "./api.js";
-import { react } from "./plot.js";
-import { PLOT_CONFIG, plotLayout } from "./focus.js";
-import { clearError, cssVar, el, emit, fmtBytes, fmtNum, setChildren, showError } from "./state.js";
+import { PLOT_CONFIG, plotLayout, purge, react } from "./plot.js";
+import { clearError, cssVar, el, emit, fmtBytes, fmtNum, fmtToken, on, savePrefs, setChildren, showError, state } from "./state.js";
+
+const PROMPT_PAUSE_MS = 400; // typing reruns the prompt after this long without a keystroke
+export const DELTA_MARK = 1e-4; // table rows whose |Δ prob| exceeds this are marked
 
 let socket = null;
 let retry = 0;
@@ -15,6 +22,7 @@ let lastStatus = null;
 let modulesLoaded = false;
 let loadWanted = false; // the Live tab was opened: load the model once the socket says it is unloaded
 let outbox = []; // messages sent while disconnected, delivered on reconnect
+let promptTimer = null;
 export const liveMetrics = { sent: new Map(), latencies: [] }; // seq -> send time (for tests/bench)
 window.__tsLive = { metrics: liveMetrics, socket: () => socket, last: () => last }; // for browser tests
 
@@ -31,18 +39,33 @@ export function initLive() {
       el("div", { id: "live-facts", class: "muted mono" })),
     el("div", { class: "section" },
       el("h4", {}, "Prompt"),
-      el("textarea", { id: "live-prompt", rows: 2, style: "width:100%", onkeydown: (e) => {
+      el("textarea", { id: "live-prompt", rows: 2, style: "width:100%", "aria-label": "Prompt", onkeydown: (e) => {
         if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); runPrompt(); }
+      }, oninput: () => {
+        clearTimeout(promptTimer);
+        promptTimer = setTimeout(runPrompt, PROMPT_PAUSE_MS);
       } }),
       el("div", { class: "row" },
         el("label", {}, "top", el("input", { type: "number", id: "live-k", min: 1, max: 100, value: 10 })),
         el("button", { class: "primary", id: "live-run", onclick: runPrompt }, "Run"),
+        el("span", { class: "muted" }, "reruns as you type"),
         el("span", { id: "live-timing", class: "muted mono" })),
+      el("div", { id: "live-kind", class: "warn-msg", role: "note", hidden: true }),
       el("div", { id: "live-notice", class: "warn-msg" })),
+    el("div", { class: "section", id: "live-chart-home" },
+      el("div", { class: "live-chart-box", id: "live-chart-box" },
+        el("div", { class: "row live-chart-head" },
+          el("h4", {}, "Next token: base vs patched"),
+          el("label", { class: "muted", title: "keep the chart at the bottom of the sidebar, in view from every tab" },
+            el("input", { type: "checkbox", id: "live-dock-toggle", checked: state.prefs.liveDock !== false,
+              onchange: (e) => savePrefs({ liveDock: e.target.checked }) }), "keep in view while editing")),
+        el("div", { class: "plot", id: "live-chart" })),
+      el("p", { class: "muted", id: "live-docked-note", hidden: true }, "The chart is docked at the bottom of the sidebar.")),
     el("div", { class: "section" },
-      el("h4", {}, "Next token: base vs patched"),
-      el("div", { class: "plot", id: "live-chart" }),
-      el("table", { class: "hexdump", id: "live-table" })),
+      el("table", { class: "hexdump", id: "live-table" }),
+      el("p", { class: "muted live-legend", id: "live-legend" },
+        el("span", { class: "legend-swatch staged" }, "amber rows"),
+        ` changed: |Δ prob| > ${DELTA_MARK} between base and patched.`)),
     el("div", { class: "section" },
       el("h4", {}, "Staged edits in the live model"),
       el("ul", { class: "list", id: "live-edits" })),
@@ -57,14 +80,61 @@ export function initLive() {
     el("p", { class: "error-msg", id: "live-error", role: "alert" }),
   );
   connect();
-  document.querySelector('[data-tab="live"]').addEventListener("click", () => {
+  on("tab-shown", (tab) => {
+    if (tab !== "live") return;
     loadWanted = true;
     autoload();
   });
+  on("prefs", placeChart);
+  on("model", modelChanged);
+  on("theme", () => last && renderLogits(last, false));
+  placeChart();
+}
+
+// The chart lives in the dock (when docked and there is something to show) or in this tab.
+function placeChart() {
+  const box = document.getElementById("live-chart-box");
+  const dock = document.getElementById("live-dock");
+  const docked = state.prefs.liveDock !== false && !!last;
+  const home = document.getElementById("live-chart-home");
+  if (docked && box.parentElement !== dock) dock.append(box);
+  if (!docked && box.parentElement !== home) home.prepend(box);
+  dock.hidden = !docked;
+  document.getElementById("live-docked-note").hidden = !docked;
+  document.getElementById("live-dock-toggle").checked = state.prefs.liveDock !== false;
+}
+
+// Another model: nothing shown here belongs to it. The server frees the old live model itself.
+function modelChanged(model) {
+  last = null;
+  modulesLoaded = false;
+  purge("live-chart");
+  setChildren(document.getElementById("live-table"));
+  setChildren(document.getElementById("live-edits"), el("li", { class: "muted" }, "load the model to toggle its staged edits"));
+  setChildren(document.getElementById("live-adapters"), el("li", { class: "muted" }, "no adapters"));
+  setChildren(document.getElementById("lora-module"), el("option", { value: "" }, "load the model first"));
+  delete document.getElementById("lora-module").dataset.picked;
+  document.getElementById("live-notice").textContent = "";
+  document.getElementById("live-timing").textContent = "";
+  clearError(document.getElementById("live-error"));
+  const kind = document.getElementById("live-kind");
+  const hf = model && model.hf;
+  const notCausal = hf && hf.causal_lm === false;
+  kind.hidden = !notCausal;
+  kind.textContent = notCausal
+    ? `Live next-token logits need a causal language model (a decoder such as Llama or GPT-2). ${model.name} is `
+      + `${hf.architectures.length ? hf.architectures.join(", ") : "not one"}: its "next tokens" would be meaningless, so it is not loaded here. `
+      + "Everything else (inspecting, editing, patches) works."
+    : "";
+  document.getElementById("live-load").title = notCausal ? "loads it anyway, as a causal LM: its predictions are not meaningful" : "";
+  placeChart();
+  if (!document.getElementById("tab-live").hidden) loadWanted = true;
 }
 
 function autoload() {
   // the first status may arrive after the click: whichever comes last sends the load
+  const notCausal = state.model && state.model.hf && state.model.hf.causal_lm === false;
+  if (notCausal) loadWanted = false; // said so in the tab; the user may still press Load
   if (loadWanted && lastStatus && lastStatus.state === "unloaded" && socket.readyState === WebSocket.OPEN) {
     loadWanted = false;
     send({ type: "load" });
@@ -141,6 +211,7 @@ export function send(msg) {
 }
 
 function runPrompt() {
+  clearTimeout(promptTimer);
   clearError(document.getElementById("live-error"));
   const text = document.getElementById("live-prompt").value;
   if (!text.trim()) return;
@@ -192,9 +263,10 @@ async function loadModules() {
   }
 }
 
-function renderLogits(m) {
+function renderLogits(m, fresh = true) {
   last = m;
-  const sentAt = liveMetrics.sent.get(m.seq);
+  placeChart();
+  const sentAt = fresh ? liveMetrics.sent.get(m.seq) : undefined;
   if (sentAt !== undefined) {
     liveMetrics.latencies.push(performance.now() - sentAt);
     liveMetrics.sent.delete(m.seq);
@@ -202,7 +274,7 @@ function renderLogits(m) {
   document.getElementById("live-timing").textContent = `forward ${m.forward_ms} ms · total ${m.total_ms} ms · ${m.prompt_tokens} tokens`;
   document.getElementById("live-notice").textContent = m.notice || "";
   const top = [...m.top].sort((a, b) => b.prob - a.prob);
-  const labels = top.map((t) => JSON.stringify(t.token));
+  const labels = top.map((t) => fmtToken(t.token));
   const accent = cssVar("--accent"), muted = cssVar("--muted");
   react("live-chart", [
     { type: "bar", orientation: "h", name: "base", y: labels, x: top.map((t) => t.base_prob), marker: { color: muted },
@@ -213,12 +285,12 @@ function renderLogits(m) {
     legend: { orientation: "h", y: 1.08 }, margin: { l: 90, r: 8, t: 20, b: 34 } }), PLOT_CONFIG);
   setChildren(document.getElementById("live-table"),
     el("tr", {}, ...["token", "logit", "prob", "base prob", "Δ prob", "rank"].map((h) => el("th", {}, h))),
-    ...top.map((t) => el("tr", { class: Math.abs(t.delta_prob) > 1e-4 ? "staged" : "" },
-      el("td", {}, JSON.stringify(t.token)), el("td", {}, fmtNum(t.logit)), el("td", {}, t.prob.toFixed(4)),
+    ...top.map((t) => el("tr", { class: Math.abs(t.delta_prob) > DELTA_MARK ? "staged" : "", title: Math.abs(t.delta_prob) > DELTA_MARK ? "changed by the staged edits / adapters" : null },
+      el("td", {}, fmtToken(t.token)), el("td", {}, fmtNum(t.logit)), el("td", {}, t.prob.toFixed(4)),
       el("td", {}, t.base_prob.toFixed(4)), el("td", {}, (t.delta_prob >= 0 ? "+" : "") + t.delta_prob.toFixed(4)),
       el("td", {}, t.base_rank === t.rank ? String(t.rank) : `${t.base_rank}→${t.rank}`))));
   renderToggles(m);
-  emit("live-logits", m);
+  if (fresh) emit("live-logits", m);
 }
 
 function renderToggles(m) {

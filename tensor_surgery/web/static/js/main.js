@@ -1,54 +1,62 @@
-// Boot: load the model and its tensors, start every panel, keep the page alive on any error.
+// Boot: start every panel, then load the model; keep the page alive on any error. Panels do not
+// import each other: they talk through the events listed in state.js.
 
-import { api } from "./api.js";
 import { initCanvas } from "./canvas.js";
-import { initEdits, refresh as refreshEdits } from "./edits.js";
+import { initEditor } from "./editor.js";
+import { initEdits } from "./edits.js";
 import { initFilter } from "./filter.js";
 import { initFocus } from "./focus.js";
 import { initHeader } from "./header.js";
+import { initHexView } from "./hexview.js";
 import { initInvestigate } from "./investigate.js";
 import { initLive } from "./live.js";
-import { initPatches, refresh as refreshPatches } from "./patches.js";
-import { emit, on, select, showError, state } from "./state.js";
+import { loadModel } from "./model.js";
+import { initPatches } from "./patches.js";
+import { initRecovery } from "./recovery.js";
+import { emit, select, showError, state } from "./state.js";
 
 window.addEventListener("error", (e) => showError(e.error || new Error(e.message)));
 window.addEventListener("unhandledrejection", (e) => showError(e.reason));
 
+// The sidebar's tabs, as the WAI-ARIA tabs pattern has them: one tab in the Tab order (the
+// selected one), arrow keys move between tabs and show them, Home/End go to the first/last.
 function initTabs() {
-  const tabs = document.querySelectorAll('.tabs [role="tab"]');
-  tabs.forEach((tab) => tab.addEventListener("click", () => {
-    tabs.forEach((t) => t.setAttribute("aria-selected", String(t === tab)));
-    document.querySelectorAll(".tab-panel").forEach((p) => { p.hidden = p.id !== `tab-${tab.dataset.tab}`; });
-  }));
-}
-
-export async function loadModel() {
-  try {
-    state.model = await api("/api/model");
-  } catch (e) {
-    showError(e);
-    return;
-  }
-  state.tensors = await api("/api/tensors");
-  state.byName = new Map(state.tensors.map((t) => [t.name, t]));
-  state.selected = null;
-  emit("model", state.model);
-  emit("tensors", state.tensors);
-  await Promise.all([refreshEdits(), refreshPatches()]);
-  const m = /^#tensor=(.+)$/.exec(location.hash);
-  if (m) {
-    const name = decodeURIComponent(m[1]);
-    if (state.byName.has(name)) { select(name); emit("reveal", name); }
-  }
+  const tabs = [...document.querySelectorAll('.tabs [role="tab"]')];
+  const show = (tab, focus = false) => {
+    tabs.forEach((t) => {
+      const on = t === tab;
+      t.setAttribute("aria-selected", String(on));
+      t.tabIndex = on ? 0 : -1;
+    });
+    document.querySelectorAll(".tab-panel").forEach((p) => { p.hidden = p.id !== tab.getAttribute("aria-controls"); });
+    if (focus) tab.focus();
+    emit("tab-shown", tab.dataset.tab);
+  };
+  tabs.forEach((tab, i) => {
+    tab.id = `tab-btn-${tab.dataset.tab}`;
+    tab.setAttribute("aria-controls", `tab-${tab.dataset.tab}`);
+    document.getElementById(`tab-${tab.dataset.tab}`).setAttribute("aria-labelledby", tab.id);
+    tab.tabIndex = tab.getAttribute("aria-selected") === "true" ? 0 : -1;
+    tab.addEventListener("click", () => show(tab));
+    tab.addEventListener("keydown", (e) => {
+      const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+      if (to === undefined) return;
+      e.preventDefault();
+      show(tabs[(to + tabs.length) % tabs.length], true);
+    });
+  });
 }
 
 initTabs();
 const canvasView = initCanvas();
 initFocus();
+initEditor();
+initHexView();
 initEdits();
 initPatches();
 initFilter();
-initHeader(loadModel);
+initHeader();
+initRecovery();
 initLive();
 initInvestigate();
 loadModel();

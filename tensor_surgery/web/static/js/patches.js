@@ -2,10 +2,10 @@
 // annotate, download, upload, invert and delete.
 
 import { api } from "./api.js";
-import { refresh as refreshEdits } from "./edits.js";
 import { clearError, el, emit, fmtBytes, fmtNum, on, setChildren, showError } from "./state.js";
 
-export let library = [];
+let library = [];
+let reading = 0; // bumps per listing request: only the latest answer is shown
 
 export function initPatches() {
   const root = document.getElementById("tab-patches");
@@ -20,13 +20,21 @@ export function initPatches() {
     el("ul", { class: "list", id: "patch-list" }),
   );
   on("patches-changed", refresh);
+  on("model", () => {
+    // a verify or load report was about the model just left
+    setChildren(document.getElementById("patch-report"));
+    clearError(document.getElementById("patches-error"));
+  });
 }
 
-export async function refresh() {
+async function refresh() {
+  const mine = ++reading;
   try {
-    library = (await api("/api/patches")).patches;
+    const answer = (await api("/api/patches")).patches;
+    if (mine !== reading) return;
+    library = answer;
   } catch (e) {
-    showError(e, document.getElementById("patches-error"));
+    if (mine === reading) showError(e, document.getElementById("patches-error"));
     return;
   }
   const list = document.getElementById("patch-list");
@@ -54,10 +62,10 @@ function renderItem(p) {
       el("button", { class: "danger", onclick: () => remove(p.name) }, "Delete")));
 }
 
-function report(title, conflicts, ok) {
+function report(title, conflicts, ok, kind = ok ? "ok-msg" : "error-msg") {
   const box = document.getElementById("patch-report");
   setChildren(box, el("div", { class: "preview", id: "verify-report" },
-    el("div", { class: ok ? "ok-msg" : "error-msg" }, title),
+    el("div", { class: kind }, title),
     conflicts && conflicts.length ? el("div", { class: "conflicts" }, ...conflicts.slice(0, 200).map((c) =>
       el("div", {}, `• ${c.message}${c.actual_hex ? ` (expected ${c.expected_hex}, found ${c.actual_hex})` : ""}`))) : null,
     conflicts && conflicts.length > 200 ? el("div", { class: "muted" }, `… ${conflicts.length - 200} more`) : null));
@@ -67,7 +75,12 @@ async function verify(name) {
   clearError(document.getElementById("patches-error"));
   try {
     const r = await api(`/api/patches/${encodeURIComponent(name)}/verify`, { method: "POST" });
-    report(r.ok ? `${name} applies cleanly (${r.entries} entries)` : `${name}: ${r.conflicts.length} conflict(s)`, r.conflicts, r.ok);
+    if (r.already_applied) {
+      // every entry's bytes are already the patch's new bytes: nothing is wrong, there is nothing to do
+      report(`${name} is already applied: the staged state already holds all ${fmtNum(r.entries)} of its entries' new bytes. Loading it again would change nothing.`, [], true, "warn-msg");
+    } else {
+      report(r.ok ? `${name} applies cleanly (${r.entries} entries)` : `${name}: ${r.conflicts.length} conflict(s)`, r.conflicts, r.ok);
+    }
     return r;
   } catch (e) {
     showError(e, document.getElementById("patches-error"));
@@ -80,9 +93,12 @@ async function load(name) {
   try {
     const r = await api(`/api/patches/${encodeURIComponent(name)}/load`, { method: "POST" });
     report(`loaded into staging: ${r.edit.description}`, [], true);
-    await refreshEdits(r.edit.tensor_names);
+    emit("edits-changed", r.edit.tensor_names);
   } catch (e) {
-    if (e.details && e.details.conflicts) report(`${name} was not loaded: ${e.details.conflicts.length} conflict(s), nothing staged`, e.details.conflicts, false);
+    if (e.details && e.details.conflicts) {
+      const why = e.details.already_applied ? "it is already applied (the staged state holds its new bytes): " : "";
+      report(`${name} was not loaded: ${why}${e.details.conflicts.length} conflict(s), nothing staged`, e.details.conflicts, false);
+    }
     else showError(e, document.getElementById("patches-error"));
   }
 }

@@ -1,4 +1,44 @@
 // Shared page state and a tiny event bus: panels talk through events, not through each other.
+//
+// The contract: a panel imports only non-panel modules (state.js, api.js, plot.js, slicing.js,
+// model.js, schema.js); it learns about the rest of the page from the events below and asks for
+// things by emitting them. `state` holds what every panel may read (the open model, its tensors,
+// the selection, staged counts, page preferences); it is written only through the functions here
+// (select, setView, setStaged, ...), which emit the matching event.
+
+// Every event on the bus, with what it carries. `on`/`emit` of a name not listed here is a bug:
+// it is reported on the console (so browser tests fail on it) instead of silently going nowhere.
+export const EVENTS = Object.freeze({
+  "model-switching": "another model is about to be opened ({path}); panels drop work for the old one",
+  model: "the open model changed or was (re)loaded: state.model; every panel resets",
+  tensors: "state.tensors / state.byName were replaced (after model)",
+  select: "a tensor was selected (name); state.selected",
+  reveal: "please bring this tensor into view on the canvas (name)",
+  filter: "the footer filter changed: state.match / state.hideUnmatched",
+  "canvas-rendered": "the canvas drew its first frame",
+  view: "base/staged view changed (\"base\" | \"staged\"); state.view",
+  theme: "the colour theme changed (\"dark\" | \"light\")",
+  prefs: "page preferences changed: state.prefs",
+  "focus-tensor": "Focus shows a tensor ({tensor}) or nothing (null): editor and hex view follow it",
+  "focus-refresh": "Focus re-read the shown tensor (after staged edits or a view change)",
+  "slice-loaded": "Focus drew a slice: {tensor, slice, params, data}",
+  "overview-loaded": "Focus drew the block-averaged overview",
+  "cell-selected": "heatmap cell/rectangle picked: {tensor, r0, r1, c0, c1, value, index, params, slice}",
+  "preview-edit": "please preview this edit request body (the editor shows it with its Stage button)",
+  "edit-staged": "an edit was staged from the page ({edit}): the Focus labels re-read",
+  "edits-changed": "staged edits changed on the server (tensor names, or nothing): the edit list re-reads",
+  edits: "the staged-edit listing was re-read: {edits, undone, staged_tensors}",
+  staged: "tensors whose staged-edit count changed (names); state.staged",
+  "patches-changed": "the patch library changed on the server: the Patches tab re-reads",
+  library: "the patch library listing was re-read (list of patches)",
+  "live-logits": "the live model pushed next-token logits (message)",
+  "tab-shown": "a sidebar tab became visible (its name)",
+  notice: "show a short status line in the header ({text, kind})",
+});
+
+function checkEvent(event) {
+  if (!Object.hasOwn(EVENTS, event)) console.error(`unknown page event ${JSON.stringify(event)}: add it to EVENTS in state.js`);
+}
 
 export const state = {
   model: null, // GET /api/model
@@ -9,6 +49,7 @@ export const state = {
   view: "base", // "base" | "staged"
   match: null, // Set of names matching the footer filter, or null when no filter
   hideUnmatched: false,
+  switching: false, // another model is being opened: ask nothing about this one's tensors
   prefs: loadPrefs(), // page preferences, kept in localStorage
 };
 
@@ -30,12 +71,14 @@ export function savePrefs(prefs) {
 const listeners = new Map();
 
 export function on(event, fn) {
+  checkEvent(event);
   if (!listeners.has(event)) listeners.set(event, new Set());
   listeners.get(event).add(fn);
   return () => listeners.get(event).delete(fn);
 }
 
 export function emit(event, detail) {
+  checkEvent(event);
   for (const fn of listeners.get(event) || []) {
     try {
       fn(detail);
@@ -53,6 +96,18 @@ export function select(name) {
     history.replaceState(null, "", `#tensor=${encodeURIComponent(name)}`);
   }
   emit("select", name);
+}
+
+export function setView(view) {
+  if (state.view === view) return;
+  state.view = view;
+  emit("view", view);
+}
+
+export function setStaged(staged) {
+  const before = state.staged;
+  state.staged = staged;
+  return [...new Set([...before.keys(), ...staged.keys()])].filter((n) => before.get(n) !== staged.get(n));
 }
 
 let errorTimer = null;
@@ -91,13 +146,32 @@ export function fmtBytes(n) {
   return i === 0 ? `${n} B` : `${n.toFixed(n < 10 ? 2 : 1)} ${units[i]}`;
 }
 
-export function fmtNum(v) {
+// Numbers for people: counts with thousands separators, other values to 6 significant digits.
+// A float's negative zero reads "0" (min/max "-0" of a zeroed region says nothing useful); pass
+// signedZero where the sign bit is the point (the hex view), and it reads "-0".
+export function fmtNum(v, { signedZero = false } = {}) {
   if (v === null || v === undefined) return "–";
   if (typeof v === "string") return v;
+  if (Object.is(v, -0)) return signedZero ? "-0" : "0";
   if (Number.isInteger(v) && Math.abs(v) < 1e15) return v.toLocaleString("en-US");
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(4);
   return Number(v.toPrecision(6)).toString();
+}
+
+// Numbers inside a shape, an index or a list of ids: plain digits ("[576, 1536]", not "1,536").
+export function fmtList(values) {
+  return `[${values.map((v) => (typeof v === "number" ? fmtPlain(v) : String(v))).join(", ")}]`;
+}
+
+export function fmtPlain(v) {
+  if (Number.isInteger(v)) return String(v);
+  return fmtNum(v);
+}
+
+// A token's text as the model sees it: quoted, so a leading space (" France") stays visible.
+export function fmtToken(text) {
+  return JSON.stringify(text);
 }
 
 export function el(tag, attrs = {}, ...children) {
