@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         1e-8, ge=0, description="|x| at or below this counts as zero in sparsity statistics."
     )
     stats_cache_mb: int = Field(256, ge=0, description="Memory for cached statistics, in MB.")
+    model_cache_size: int = Field(
+        4, ge=1, le=1000,
+        description="Open models the server keeps (with their tensor listings): the current one and the "
+        "most recently used others; older ones are dropped and reopened when asked for again.",
+    )
     live_device: str = Field("auto", description="Device for the live model: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps.")
     live_max_prompt_tokens: int = Field(
         256, ge=1, le=32768, description="Longer prompts are cut to their last tokens, with a notice."

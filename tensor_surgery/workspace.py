@@ -8,8 +8,6 @@ readers made with `view="staged"` see them.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -21,10 +19,34 @@ from .errors import InvalidRequest, ModelNotFound, PathNotAllowed, SurgeryError
 from .settings import Settings
 from .store import Model, TensorReader, open_model
 from .store import stats as st
+from .store.listing import TensorListing, tensor_entries  # noqa: F401 (tensor_entries: the CLI's)
 from .store.reader import Run
 
 OverlayProvider = Callable[[Model, str], "tuple[list[Run], Hashable]"]
 VIEWS = ("base", "staged")
+
+
+NAME_MAX = 255  # bytes in one path component (Linux, macOS, Windows alike)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+
+
+def check_path_text(path: str, what: str = "path") -> None:
+    """Refuse a path no file system can hold, naming what is wrong with it (InvalidRequest)."""
+    def bad(why: str) -> InvalidRequest:
+        shown = path[:200].encode("utf-8", "backslashreplace").decode()  # the answer is UTF-8 JSON
+        return InvalidRequest(f"{what} {path[:200]!r} {why}", path=shown)
+
+    if "\0" in path:
+        raise bad("holds a NUL byte, which no file name can hold")
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeError:
+        raise bad("is not valid Unicode text (an unpaired surrogate)") from None
+    if len(encoded) > PATH_MAX:
+        raise bad(f"is {len(encoded):,} bytes long; paths are at most {PATH_MAX:,}")
+    for part in encoded.split(b"/"):
+        if len(part) > NAME_MAX:
+            raise bad(f"has a {len(part)}-byte name {os.fsdecode(part)[:40]!r}...; names are at most {NAME_MAX} bytes")
 
 
 class AllowedRoots:
@@ -34,7 +56,13 @@ class AllowedRoots:
         self.roots = [Path(os.path.realpath(r)) for r in roots]
 
     def check(self, path: str | os.PathLike, what: str = "path") -> Path:
-        """The real path of `path` if it lies inside an allowed root; else PathNotAllowed."""
+        """The real path of `path` if it lies inside an allowed root; else PathNotAllowed.
+
+        Every path a request names passes here first, so here is where a path the file system
+        cannot even look up (a NUL byte, a name over NAME_MAX, text that is not Unicode) is refused
+        as bad input, before os.stat raises ValueError or ENAMETOOLONG deep inside a route.
+        """
+        check_path_text(os.fspath(path), what)
         real = Path(os.path.realpath(os.fspath(path)))
         for root in self.roots:
             if real == root or real.is_relative_to(root):
@@ -122,14 +150,15 @@ class Workspace:
     def __init__(self, settings: Settings, overlay_provider: OverlayProvider | None = None) -> None:
         self.settings = settings
         self.roots = AllowedRoots(settings.resolved_allowed_roots)
-        self.models: dict[str, Model] = {}
+        # path (as asked, and as resolved) -> open model, least recently used first; at most
+        # MODEL_CACHE_SIZE models (each under one or two keys)
+        self.models: OrderedDict[str, Model] = OrderedDict()
         self.current: Model | None = None
         self.open_error: SurgeryError | None = None
         self.overlay_provider = overlay_provider  # None: staged views show the base
         self.switch_listeners: list[Callable[[], None]] = []  # told when the current model changes
         self.cache = LRUCache(settings.stats_cache_mb << 20)
-        self._listings: dict[str, bytes] = {}  # model path -> GET /api/tensors as JSON
-        self._listings_gz: dict[str, bytes] = {}  # the same, gzipped
+        self._listings: dict[str, tuple] = {}  # model path -> (key, TensorListing), cached models only
         self._listing_lock = threading.Lock()
         self._lock = threading.RLock()
 
@@ -142,13 +171,14 @@ class Workspace:
             self.roots.check(path, "model path")
         with self._lock:
             key = os.path.realpath(os.fspath(path))
-            model = self.models.get(key)
+            model = self._cached_model(key)
             if model is None:
                 # an interrupted in-place apply is only reported (`interrupted_apply`), never
                 # finished here: opening is reading, and recovering is the user's choice
                 model = open_model(path, guard=guard)
                 self.models[key] = model
                 self.models[os.path.realpath(model.path)] = model
+                self._evict_models(keep=model)
             if make_current:
                 switched = self.current is not model
                 self.current = model
@@ -171,6 +201,39 @@ class Workspace:
                 self.open(model.path, make_current=self.current is model, guarded=False)
             return result
 
+    def _cached_model(self, key: str) -> Model | None:
+        """The open model under `key`, unless a file of it changed on disk since it was opened
+        (an in-place apply by the CLI, a copy over it): then it is forgotten and opened again."""
+        model = self.models.get(key)
+        if model is None:
+            return None
+        if model.changed_on_disk():
+            self._forget(model)
+            return None
+        for k in [k for k, m in self.models.items() if m is model]:
+            self.models.move_to_end(k)
+        return model
+
+    def _evict_models(self, keep: Model) -> None:
+        """Forget the least recently used models beyond MODEL_CACHE_SIZE (never the current one).
+
+        A forgotten model is not closed: a request may still be reading it. Its map and descriptor
+        go when the last reference does."""
+        distinct = list({id(m): m for m in self.models.values()}.values())  # oldest first
+        excess = len(distinct) - self.settings.model_cache_size
+        for model in distinct:
+            if excess <= 0:
+                break
+            if model is not keep and model is not self.current:
+                self._forget(model)
+                excess -= 1
+
+    def _forget(self, model: Model) -> None:
+        for k in [k for k, m in self.models.items() if m is model]:
+            del self.models[k]
+        with self._listing_lock:
+            self._listings.pop(model.path, None)
+
     def open_default(self) -> None:
         """Open MODEL_PATH at start; a failure is kept and shown, the server still starts."""
         try:
@@ -182,7 +245,7 @@ class Workspace:
         # model. Built here, before the server answers, the first page load does not wait for it.
         # (In a background thread it would hold the GIL while the page's scripts are being served.)
         try:
-            self.tensor_listing_json(model, gzipped=True)
+            self.tensor_listing(model)
         except SurgeryError:  # the request builds it again and reports the error
             pass
 
@@ -254,43 +317,18 @@ class Workspace:
 
     # -- listing -------------------------------------------------------------------------------
 
-    def tensor_listing_json(self, model: Model | None = None, *, gzipped: bool = False) -> bytes:
-        """`GET /api/tensors` as JSON bytes, or gzipped, each built once per opened model.
+    def tensor_listing(self, model: Model | None = None) -> TensorListing:
+        """`GET /api/tensors` of a model, built once while the model stays in the cache.
 
-        Gzipped once here rather than per request by the middleware: 30 MB of JSON for 90k tensors
-        is 0.8 MB gzipped, and compressing it costs more than sending it. A request that comes while
-        the listing is being built (see `open_default`) waits for that build instead of repeating it.
+        Kept compressed (see `store.listing`): 30 MB of JSON for 90k tensors is 0.8 MB, and the
+        gzipped answer the page asks for costs no compression per request. A request that comes
+        while the listing is being built (see `open_default`) waits for that build instead of
+        repeating it.
         """
         model = model or self.model()
-        key = model.path
+        key = model_cache_key("listing", model)
         with self._listing_lock:
-            data = self._listings.get(key)
-            if data is None:
-                data = self._listings[key] = json.dumps(tensor_entries(model), separators=(",", ":")).encode()
-            if not gzipped:
-                return data
-            packed = self._listings_gz.get(key)
-            if packed is None:
-                packed = self._listings_gz[key] = gzip.compress(data, 6)
-            return packed
-
-
-def tensor_entries(model: Model) -> list[dict]:
-    """Every tensor with its layout metadata, in canvas order (layer-major, type-minor)."""
-    from .store.layout import infer_layout
-
-    refs = list(model.tensors.values())
-    layout = infer_layout([r.name for r in refs], [r.shape for r in refs])
-    entries = [
-        {
-            "name": r.name,
-            "shape": list(r.shape),
-            "dtype": r.dtype.name,
-            "numel": r.numel,
-            "nbytes": r.nbytes,
-            "metadata_for_canvas": layout[r.name].to_dict(),
-        }
-        for r in refs
-    ]
-    entries.sort(key=lambda e: (e["metadata_for_canvas"]["canvas_y"], e["metadata_for_canvas"]["canvas_x"]))
-    return entries
+            listing = self._listings.get(model.path)
+            if listing is None or listing[0] != key:
+                listing = self._listings[model.path] = (key, TensorListing(model))
+            return listing[1]

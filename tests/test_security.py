@@ -212,3 +212,50 @@ def test_server_binds_loopback_by_default(tmp_path):
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_cross_site_reads_of_the_api_refused(client):
+    """A page on another site could plant <img src=".../api/tensor_rank/..."> and cost the server
+    seconds of CPU per tag; it cannot read the answer, but it must not get the work done either."""
+    for site in ("cross-site", "same-site"):
+        r = client.get("/api/tensor_rank/model.embed_tokens.weight", headers={"sec-fetch-site": site})
+        assert_error(r, 403, "cross_origin", site)
+        assert_error(client.get("/api/tensors", headers={"sec-fetch-site": site}), 403, "cross_origin")
+    for site in ("same-origin", "none"):  # the page itself, and a URL typed in the address bar
+        assert client.get("/api/tensor_rank/model.embed_tokens.weight", headers={"sec-fetch-site": site}).status_code == 200
+    assert client.get("/", headers={"sec-fetch-site": "cross-site"}).status_code == 200  # a link to the app
+
+
+def _raw_get(app, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict]:
+    """One GET straight through the ASGI app, with exactly these header lines (clients merge
+    duplicates before they reach the wire; a raw socket does not)."""
+    import asyncio
+    import json
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": "/api/model", "raw_path": b"/api/model", "query_string": b"",
+             "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body)
+
+
+def test_two_host_headers_refused(client):
+    app = client.app
+    status, _ = _raw_get(app, [(b"host", b"127.0.0.1:8000")])
+    assert status == 200
+    for hosts in ([b"evil.example", b"127.0.0.1:8000"], [b"127.0.0.1:8000", b"127.0.0.1:8000"]):
+        status, body = _raw_get(app, [(b"host", h) for h in hosts])
+        assert status == 400, body
+        assert body["error"]["code"] == "duplicate_header" and "Host" in body["error"]["message"]
+    status, body = _raw_get(app, [(b"host", b"127.0.0.1:8000"), (b"sec-fetch-site", b"same-origin"),
+                                  (b"sec-fetch-site", b"cross-site")])
+    assert status == 400 and body["error"]["code"] == "duplicate_header"

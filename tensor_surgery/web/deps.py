@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 
 from ..jobs import JobRunner
 from ..live.service import LiveService
@@ -54,3 +54,11 @@ ViewParam = Annotated[
     str,
     Query(pattern="^(base|staged)$", description="`base`: the model's bytes; `staged`: with staged edits overlaid"),
 ]
+
+# Row ids of the journal and the conversation store: SQLite integers are int64, and a larger id
+# would fail inside the driver (a 500) instead of being an id that does not exist.
+MAX_ID = (1 << 63) - 1
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="an id as listed by the API")]
+# Numbers in the query string: "nan", "inf" and "1e400" parse as floats, and nothing downstream
+# (bins, ranges, thresholds) means anything by them.
+FiniteFloatQuery = Annotated[float | None, Query(allow_inf_nan=False)]

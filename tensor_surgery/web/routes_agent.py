@@ -18,7 +18,7 @@ from ..agent.llm import llm_status
 from ..agent.session import MAX_QUESTION_CHARS
 from ..agent.tools import MAX_ARGUMENT_CHARS, REGISTRY, OversizedArguments, ToolContext, get_tool, run_tool
 from ..surgery.staging import model_key
-from .deps import ModelDep, SettingsDep, WorkspaceDep
+from .deps import MAX_ID, IdPath, ModelDep, SettingsDep, WorkspaceDep
 
 router = APIRouter(prefix="/api", tags=["investigate"])
 
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/api", tags=["investigate"])
 class InvestigateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS)
-    conversation_id: int | None = Field(None, ge=1, description="continue this saved conversation")
+    conversation_id: int | None = Field(None, ge=1, le=MAX_ID, description="continue this saved conversation")
 
 
 def _investigator(request: Request):
@@ -89,12 +89,12 @@ def list_conversations(
 
 
 @router.get("/investigate/conversations/{conversation_id}", summary="One saved conversation with its events")
-def get_conversation(conversation_id: Annotated[int, Path(ge=1)], request: Request) -> dict:
+def get_conversation(conversation_id: IdPath, request: Request) -> dict:
     return _investigator(request).store.get(conversation_id)
 
 
 @router.delete("/investigate/conversations/{conversation_id}", summary="Delete a saved conversation")
-def delete_conversation(conversation_id: Annotated[int, Path(ge=1)], request: Request) -> dict:
+def delete_conversation(conversation_id: IdPath, request: Request) -> dict:
     _investigator(request).store.delete(conversation_id)
     return {"deleted": conversation_id}
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..surgery import ops
 from ..surgery.ops import EditSpec
-from .deps import ModelDep, StagingDep
+from .deps import IdPath, ModelDep, StagingDep
 
 router = APIRouter(prefix="/api", tags=["edits"])
 
@@ -119,14 +119,14 @@ def edit_history(staging: StagingDep, model: ModelDep) -> dict:
 
 @router.get("/edits/{edit_id}", summary="One staged edit with its byte runs (offset, original and new hex)")
 def get_edit(
-    edit_id: Annotated[int, Path(ge=1)], staging: StagingDep, model: ModelDep,
+    edit_id: IdPath, staging: StagingDep, model: ModelDep,
     runs: Annotated[int, Query(ge=0, le=10_000)] = 200,
 ) -> dict:
     return staging.get_edit(model, edit_id).summary(runs_limit=runs)
 
 
 @router.post("/edits/{edit_id}/revert", summary="Revert one edit, as an undoable step (refused, naming them, if later edits build on it)")
-def revert_edit(edit_id: Annotated[int, Path(ge=1)], staging: StagingDep, model: ModelDep) -> dict:
+def revert_edit(edit_id: IdPath, staging: StagingDep, model: ModelDep) -> dict:
     return {"reverted": staging.revert(model, edit_id).summary()}
 
 

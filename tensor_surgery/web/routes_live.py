@@ -9,10 +9,11 @@ from pathlib import Path as FsPath
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, WebSocket, WebSocketDisconnect
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from ..errors import SurgeryError
-from .deps import LiveDep, ModelDep, WorkspaceDep
+from ..errors import InvalidRequest, SurgeryError
+from .deps import MAX_ID, IdPath, LiveDep, ModelDep, WorkspaceDep
+from .security import json_problem
 
 router = APIRouter(prefix="/api/live", tags=["live"])
 ws_router = APIRouter(tags=["live"])
@@ -45,6 +46,38 @@ class BuildAdapter(BaseModel):
     token: str | None = Field(None, max_length=200, description="direction: use this token's embedding")
     side: Literal["output", "input"] = "output"
     strength: float = Field(1.0, ge=0, le=10, description="direction: 1 removes it fully")
+
+
+# -- WebSocket messages: the HTTP bodies above, plus the message's type and sequence number ------
+
+Seq = Annotated[int, Field(0, ge=0, le=MAX_ID, description="echoed in the logits it causes")]
+
+
+class WsPrompt(PromptRequest):
+    type: Literal["prompt"]
+    seq: Seq = 0
+
+
+class WsToggleEdit(ToggleRequest):
+    type: Literal["toggle_edit"]
+    id: int = Field(..., ge=1, le=MAX_ID)
+    seq: Seq = 0
+
+
+class WsToggleAdapter(ToggleRequest):
+    type: Literal["toggle_adapter"]
+    name: str = Field(..., max_length=64)
+    seq: Seq = 0
+
+
+class WsLoad(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["load"]
+    seq: Seq = 0
+
+
+WS_MESSAGE = TypeAdapter(Annotated[WsPrompt | WsToggleEdit | WsToggleAdapter | WsLoad, Field(discriminator="type")])
+WS_TYPES = "prompt, toggle_edit, toggle_adapter, load"
 
 
 class ImportAdapter(BaseModel):
@@ -85,7 +118,7 @@ def last_logits(live: LiveDep) -> dict:
 
 
 @router.post("/edits/{edit_id}/toggle", summary="Show the live model with or without one staged edit")
-def toggle_edit(edit_id: Annotated[int, Path(ge=1)], body: ToggleRequest, live: LiveDep) -> dict:
+def toggle_edit(edit_id: IdPath, body: ToggleRequest, live: LiveDep) -> dict:
     live.toggle_edit(edit_id, body.enabled)
     return {"edit_id": edit_id, "enabled": body.enabled}
 
@@ -181,24 +214,37 @@ async def live_socket(websocket: WebSocket) -> None:
         sender.cancel()
 
 
-def _handle(live, raw: str) -> None:
+def parse_message(raw: str) -> BaseModel:
+    """One WebSocket message, checked like an HTTP body: strict JSON, then the same pydantic
+    fields (a prompt's text is the HTTP body's `prompt`)."""
+    problem = json_problem(raw)
+    if problem:
+        raise InvalidRequest(problem[0], field=problem[1])
     try:
         msg = json.loads(raw)
     except ValueError:
-        raise SurgeryError("the message is not JSON") from None
+        raise InvalidRequest("the message is not JSON") from None
     if not isinstance(msg, dict):
-        raise SurgeryError("the message must be a JSON object")
-    kind, seq = msg.get("type"), msg.get("seq", 0)
-    if not isinstance(seq, int):
-        seq = 0
-    if kind == "prompt":
-        k = msg.get("k")
-        live.set_prompt(msg.get("text"), k if isinstance(k, int) else None, seq)
-    elif kind == "toggle_edit" and isinstance(msg.get("id"), int):
-        live.toggle_edit(msg["id"], bool(msg.get("enabled")), seq)
-    elif kind == "toggle_adapter" and isinstance(msg.get("name"), str):
-        live.toggle_adapter(msg["name"], bool(msg.get("enabled")), seq)
-    elif kind == "load":
-        live.load()
+        raise InvalidRequest("the message must be a JSON object")
+    if msg.get("type") not in ("prompt", "toggle_edit", "toggle_adapter", "load"):
+        raise InvalidRequest(f"unknown message type {msg.get('type')!r} ({WS_TYPES})", field="type")
+    if msg["type"] == "prompt" and "text" in msg:
+        msg["prompt"] = msg.pop("text")
+    try:
+        return WS_MESSAGE.validate_python(msg)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]).replace("prompt", "text", 1) or None
+        raise InvalidRequest(f"{where or 'message'}: {first['msg']}", field=where) from None
+
+
+def _handle(live, raw: str) -> None:
+    msg = parse_message(raw)
+    if isinstance(msg, WsPrompt):
+        live.set_prompt(msg.prompt, msg.k, msg.seq)
+    elif isinstance(msg, WsToggleEdit):
+        live.toggle_edit(msg.id, msg.enabled, msg.seq)
+    elif isinstance(msg, WsToggleAdapter):
+        live.toggle_adapter(msg.name, msg.enabled, msg.seq)
     else:
-        raise SurgeryError(f"unknown message type {kind!r} (prompt, toggle_edit, toggle_adapter, load)")
+        live.load()

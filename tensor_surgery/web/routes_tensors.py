@@ -6,13 +6,14 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from ..store import slicing
 from ..store.rank import tensor_rank
 from ..store import stats as st
 from ..workspace import tensor_cache_key
-from .deps import ModelDep, SettingsDep, ViewParam, WorkspaceDep
+from .deps import FiniteFloatQuery, ModelDep, SettingsDep, ViewParam, WorkspaceDep
 
 router = APIRouter(prefix="/api", tags=["tensors"])
 
@@ -42,14 +43,41 @@ def slice_params(request: Request) -> dict[str, str]:
     "/tensors",
     summary="Every tensor with shape, dtype, size and canvas layout metadata",
     description="A JSON list of `{name, shape, dtype, numel, nbytes, metadata_for_canvas: {layer_index, "
-    "type_group, specific_type_key, canvas_x, canvas_y, expert_index, block}}`, in canvas order.",
+    "type_group, specific_type_key, canvas_x, canvas_y, expert_index, block}}`, in canvas order. "
+    "By default the whole list; `offset` and `limit` give a window of it (the `X-Total-Count` header "
+    "says how many there are). Gzipped when the client accepts gzip.",
 )
-def list_tensors(request: Request, ws: WorkspaceDep, model: ModelDep) -> Response:
-    # served pre-compressed when the client takes gzip (the GZip middleware leaves it as it is)
-    if "gzip" in request.headers.get("accept-encoding", ""):
-        return Response(ws.tensor_listing_json(model, gzipped=True), media_type="application/json",
-                        headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
-    return Response(ws.tensor_listing_json(model), media_type="application/json")
+def list_tensors(
+    request: Request, ws: WorkspaceDep, model: ModelDep,
+    offset: Annotated[int, Query(ge=0, le=1 << 40, description="skip this many entries")] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=1 << 40, description="at most this many entries (default: all)")] = None,
+) -> Response:
+    listing = ws.tensor_listing(model)
+    headers = {"X-Total-Count": str(listing.count)}
+    takes_gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
+    if offset or limit is not None:  # a window: small, compressed (or not) by the GZip middleware
+        return Response(listing.page(offset, limit), media_type="application/json", headers=headers)
+    if takes_gzip:  # stored compressed: sent as it is (the GZip middleware leaves it alone)
+        return Response(listing.gzipped(), media_type="application/json",
+                        headers={**headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+    # inflated block by block as it is sent, never held whole (225 MB for a million tensors)
+    return StreamingResponse(listing.iter_json(), media_type="application/json",
+                             headers={**headers, "Content-Length": str(listing.json_size)})
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """Whether `gzip` is acceptable (q > 0), per RFC 9110's Accept-Encoding."""
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            q = params.strip()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
 
 
 @router.get("/tensor_slice/{tensor_name:tensor}", summary="Values of a slice of a tensor", description=SLICE_DOC)
@@ -72,7 +100,9 @@ def tensor_stats(
     ws: WorkspaceDep,
     settings: SettingsDep,
     view: ViewParam = "base",
-    threshold: Annotated[float | None, Query(ge=0, description="sparsity threshold (default SPARSITY_THRESHOLD)")] = None,
+    threshold: Annotated[
+        float | None, Query(ge=0, allow_inf_nan=False, description="sparsity threshold (default SPARSITY_THRESHOLD)")
+    ] = None,
 ) -> dict:
     reader = ws.reader(tensor_name, view)
     params = slice_params(request)
@@ -100,8 +130,8 @@ def tensor_histogram(
     settings: SettingsDep,
     view: ViewParam = "base",
     bins: Annotated[int, Query(ge=1, le=4096)] = 64,
-    lo: float | None = None,
-    hi: float | None = None,
+    lo: FiniteFloatQuery = None,
+    hi: FiniteFloatQuery = None,
     log: bool = False,
 ) -> dict:
     reader = ws.reader(tensor_name, view)
