@@ -211,8 +211,10 @@ def recover_in_place(model_path: str | os.PathLike, rollback: bool = False) -> d
     names = [info.get(k) if isinstance(info, dict) else None for k in ("model", "forward", "backup")]
     # the journal is a file in the model's folder: it names files beside itself, nothing else
     if not all(isinstance(n, str) for n in names) or any(Path(n).name != n or n in (".", "..") for n in names[1:]):
-        raise InterruptedApply(f"cannot recover: the journal {intent} is not one an in-place apply wrote",
-                               intent=str(intent))
+        raise InterruptedApply(
+            f"cannot recover: the journal {intent} is not one an in-place apply wrote (it must name the model "
+            "and two patch files beside it); nothing was written. Move it away if no apply was running",
+            intent=str(intent))
     if os.path.realpath(resolved) != info["model"]:
         # the journal sits in the folder: it may belong to another model beside this one
         raise Conflict(
