@@ -10,8 +10,10 @@ starts `tensor-surgery serve` on it, opens the page and measures:
   right after the server answers and for a reload, with where the time went (Plotly and the page's
   modules, the /api/tensors request, parsing and building the canvas, timed again one by one);
 - frames while panning and zooming like a user, with a tensor selected (mouse drags and wheel, one
-  input per frame) at four stages: fully zoomed out (the whole model), mid zoom (cells drawn one by
-  one), zoomed in (thumbnails loading), and wheel sweeps across all levels. For each: per-frame draw
+  input per frame) at five stages: fully zoomed out (the whole model, layers wrapped into columns),
+  mid zoom (tiles drawn one by one, with heatmap thumbnails from 16 px), zoomed in (thumbnails
+  loading), wheel sweeps across all levels, and size mode (tile area ~ parameter count) fitted and
+  zoomed by the wheel. For each: per-frame draw
   time (`window.__tsMetrics.drawMs`) and requestAnimationFrame intervals measured in the page
   (everything the main thread did between two frames: input, drawing, thumbnails arriving, GC); then
   a shorter second pass that reads a pixel back after each draw, so that Chromium's deferred
@@ -137,7 +139,7 @@ class Driver:
     def point_of(self, name: str) -> tuple[float, float]:
         return tuple(self.page.evaluate(
             """(name) => { const v = window.__ts.canvas; const it = v.items.find((i) => i.t.name === name);
-                return [v.tx + (it.x + 0.5) * v.scale, v.ty + (it.y + 0.5) * v.scale]; }""", name))
+                return [v.tx + (it.x + it.w / 2) * v.scale, v.ty + (it.y + it.h / 2) * v.scale]; }""", name))
 
     def zoom_to(self, scale: float, name: str) -> None:
         """Wheel (one notch per frame) at `name`'s cell until the scale reaches `scale`."""
@@ -294,7 +296,7 @@ def main() -> int:
 
             # -- frames while panning and zooming
             d = Driver(page)
-            per = max(10, args.frames // 4)
+            per = max(10, args.frames // 5)
             target = "model.layers.30.mlp.experts.120.up_proj.weight"
 
             def run_stages(flush: bool) -> list:
@@ -315,12 +317,21 @@ def main() -> int:
                     out.append((label, stats(got["draw"]), stats(got["raf"]), stats(flushed), d.view(), got))
 
                 stage(f"zoomed out (fit, scale {fit_scale:.2f})", lambda: d.pan_loop(n, 120, (0, -300)))
-                d.zoom_to(16, target)
-                stage("mid zoom (scale ~16: cells)", lambda: d.pan_loop(n, 200, (-150, 150)))
+                d.zoom_to(20, target)
+                stage("mid zoom (scale ~20: tiles, heatmaps)", lambda: d.pan_loop(n, 200, (-150, 150)))
                 d.zoom_to(64, target)
                 stage("zoomed in (scale ~64: thumbnails)", lambda: d.pan_loop(n, 250, (-400, -300)))
                 stage("wheel sweeps across all levels",
-                      lambda: d.wheel_sweep((args.frames - 3 * per) // (2 if flush else 1), fit_scale * 1.2, 80))
+                      lambda: d.wheel_sweep((args.frames - 4 * per) // (2 if flush else 1), fit_scale * 1.2, 80))
+                page.click("#zoom-size")  # size mode: laid out again and fitted
+
+                def size_mode():
+                    d.frame()
+                    d.pan_loop(n // 2, 120, (0, -200))
+                    d.wheel_sweep(n - n // 2, d.view()["scale"], 40)
+
+                stage("size mode (area ~ parameters): pan, wheel", size_mode)
+                page.click("#zoom-size")
                 return out
 
             # a selected tensor, as when working: the canvas outlines it in every frame

@@ -8,7 +8,7 @@
 // mode a band's tiles are packed in rows instead, each with an area proportional to its element
 // count, so the eye finds where the parameters are.
 //
-// Drawing: zoomed far out, the whole model is one pre-rendered bitmap (CELL_PX pixels per unit), so
+// Drawing: zoomed far out, the whole model is one pre-rendered bitmap (3-4 pixels per unit), so
 // a frame costs one drawImage whatever the tensor count (DeepSeek-V3 has ~92k). Closer, only the
 // visible tiles are drawn, found by row and binary search; from THUMB_FROM_PX a tile shows a heatmap
 // of the tensor's block-averaged overview (fetched lazily, visible tiles only).
@@ -25,7 +25,7 @@ const BITMAP_BELOW_PX = 10; // screen px per unit under which the bitmap is draw
 const THUMB_FROM_PX = 16; // tile size from which heatmap thumbnails are shown
 const SPARK_FROM_PX = 56; // tile height from which an |x| sparkline goes under the heatmap
 const LABEL_FROM_PX = 56; // tile width from which short names are written in tiles
-const CELL_PX = 4; // bitmap pixels per unit: 3 filled, 1 gap
+const CELL_PX = 4; // bitmap pixels per unit: 3 filled, 1 gap (3 px when the fitted tiles are smaller)
 const GAP = 0.1; // fraction of a unit left empty around a tile
 const BAND_GAP = 0.5; // units between two bands (layers) of a column
 const COL_GAP = 0.5; // units between two columns, besides the label gutter
@@ -56,7 +56,7 @@ export class TensorCanvas {
     this.items = [];
     this.indexOf = new Map(); // tensor name -> index
     this.bands = [];
-    this.navRows = []; // rows of tiles in reading order, for the keyboard cursor
+    this.navRows = null; // rows of tiles in reading order, for the keyboard cursor (see nav())
     this.rows = new Map(); // y -> indices of tiles (height <= 1) starting there, sorted by x
     this.rowKeys = [];
     this.tall = []; // tiles taller than one unit (size mode), checked apart
@@ -90,11 +90,15 @@ export class TensorCanvas {
 
   setTensors(tensors) {
     let gridW = 1;
+    const shorts = new Map(); // a 92k-tensor model has a few dozen distinct keys
     this.items = tensors.map((t) => {
       const m = t.metadata_for_canvas;
       const gx = Math.round(m.canvas_x), gy = Math.round(m.canvas_y);
       if (gx + 1 > gridW) gridW = gx + 1;
-      return { t, gx, gy, lx: 0, ly: 0, x: 0, y: 0, w: 1, h: 1, group: m.type_group, short: shortName(t.name, m), band: -1 };
+      const key = m.specific_type_key || t.name;
+      let short = shorts.get(key);
+      if (short === undefined) shorts.set(key, (short = shortName(t.name, m)));
+      return { t, gx, gy, lx: 0, ly: 0, x: 0, y: 0, w: 1, h: 1, group: m.type_group, short, band: -1 };
     });
     this.gridW = gridW;
     this.indexOf = new Map(this.items.map((it, i) => [it.t.name, i]));
@@ -178,7 +182,13 @@ export class TensorCanvas {
     });
     for (const row of this.rows.values()) row.sort((a, b) => this.items[a].x - this.items[b].x);
     this.rowKeys = [...this.rows.keys()].sort((a, b) => a - b);
-    // keyboard rows: each band's rows top to bottom, bands in reading order (column by column)
+    this.navRows = null; // built when the keyboard first needs them
+  }
+
+  // Rows of tiles for the keyboard cursor: each band's rows top to bottom, bands in reading order
+  // (column by column); each item learns its row (nav) and place in it (navK).
+  nav() {
+    if (this.navRows) return this.navRows;
     this.navRows = [];
     const order = this.bands.map((b, bi) => bi).sort((a, b) => this.bands[a].x - this.bands[b].x || this.bands[a].y - this.bands[b].y);
     for (const bi of order) {
@@ -196,13 +206,16 @@ export class TensorCanvas {
         this.navRows.push({ band: bi, items: row });
       }
     }
+    return this.navRows;
   }
 
   rebuildBitmap() {
     if (!this.items.length) return;
+    // at most one bitmap pixel per screen pixel at fit (a 92k-tensor model: 1.5 M pixels, not 2.8 M)
+    const cell = this.cellPx = this.fitScale < CELL_PX ? CELL_PX - 1 : CELL_PX;
     const off = document.createElement("canvas");
-    off.width = Math.max(1, Math.ceil(this.world.w * CELL_PX) + 1);
-    off.height = Math.max(1, Math.ceil(this.world.h * CELL_PX) + 1);
+    const W = off.width = Math.max(1, Math.ceil(this.world.w * cell) + 1);
+    off.height = Math.max(1, Math.ceil(this.world.h * cell) + 1);
     const octx = off.getContext("2d");
     const img = octx.createImageData(off.width, off.height);
     const px = new Uint32Array(img.data.buffer);
@@ -214,11 +227,11 @@ export class TensorCanvas {
       const key = it.group + (dim ? ":dim" : "");
       if (!rgba.has(key)) rgba.set(key, rgbaOf(groupColor(it.group), dim ? 0.18 : 1));
       const c = rgba.get(key);
-      const x0 = Math.round(it.x * CELL_PX), y0 = Math.round(it.y * CELL_PX);
-      const x1 = Math.max(x0 + 1, Math.round((it.x + it.w) * CELL_PX) - 1);
-      const y1 = Math.max(y0 + 1, Math.round((it.y + it.h) * CELL_PX) - 1);
-      for (let y = y0; y < y1; y++) px.fill(c, y * off.width + x0, y * off.width + x1);
-      if (state.staged.has(it.t.name)) px[y0 * off.width + x1 - 1] = staged;
+      const x0 = Math.round(it.x * cell), y0 = Math.round(it.y * cell);
+      const x1 = Math.max(x0 + 1, Math.round((it.x + it.w) * cell) - 1);
+      const y1 = Math.max(y0 + 1, Math.round((it.y + it.h) * cell) - 1);
+      for (let y = y0; y < y1; y++) px.fill(c, y * W + x0, y * W + x1);
+      if (state.staged.has(it.t.name)) px[y0 * W + x1 - 1] = staged;
     }
     octx.putImageData(img, 0, 0);
     this.bitmap = off;
@@ -373,8 +386,8 @@ export class TensorCanvas {
     if (!this.items.length) return;
     const s = this.scale;
     if (s < BITMAP_BELOW_PX) {
-      ctx.imageSmoothingEnabled = s < CELL_PX;
-      ctx.drawImage(this.bitmap, this.tx, this.ty, this.bitmap.width * s / CELL_PX, this.bitmap.height * s / CELL_PX);
+      ctx.imageSmoothingEnabled = s < this.cellPx;
+      ctx.drawImage(this.bitmap, this.tx, this.ty, this.bitmap.width * s / this.cellPx, this.bitmap.height * s / this.cellPx);
     } else {
       this.drawTiles(ctx, s);
     }
@@ -567,7 +580,7 @@ export class TensorCanvas {
   // -- keyboard cursor ---------------------------------------------------------------------------
 
   firstVisibleIn(row, from, step) {
-    const its = this.navRows[row].items;
+    const its = this.nav()[row].items;
     for (let k = from; k >= 0 && k < its.length; k += step) if (this.visible(this.items[its[k]])) return its[k];
     return -1;
   }
@@ -576,7 +589,7 @@ export class TensorCanvas {
   nearestIn(row, i) {
     const it = this.items[i], c = it.lx + it.w / 2;
     let best = -1, bestD = Infinity;
-    for (const j of this.navRows[row].items) {
+    for (const j of this.nav()[row].items) {
       const o = this.items[j];
       if (!this.visible(o)) continue;
       const d = Math.abs(o.lx + o.w / 2 - c);
@@ -586,7 +599,7 @@ export class TensorCanvas {
   }
 
   neighbour(i, move) {
-    const it = this.items[i], rows = this.navRows, last = rows.length - 1;
+    const it = this.items[i], rows = this.nav(), last = rows.length - 1;
     if (move === "right" || move === "left") {
       // along the row, then on into the next (or previous) row: every tile in reading order
       const step = move === "right" ? 1 : -1;
@@ -634,7 +647,7 @@ export class TensorCanvas {
     const sel = this.indexOf.get(state.selected) ?? -1;
     if (sel >= 0 && this.visible(this.items[sel])) return sel;
     let first = -1;
-    for (const row of this.navRows) {
+    for (const row of this.nav()) {
       for (const i of row.items) {
         if (!this.visible(this.items[i])) continue;
         if (first < 0) first = i;
