@@ -60,7 +60,36 @@ def progress_bar(total: int, desc: str, unit: str = "B"):
                 file=sys.stderr, disable=None, leave=False)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class JsonErrorsGroup(click.Group):
+    """With `--json` anywhere on the command line, click's own errors (an unknown option, a
+    missing argument) are printed as `{"error": {...}}` on stdout too, with click's exit status
+    (2 for usage errors), instead of click's usage text: a script asked for JSON."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or "--json" not in argv:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as e:
+            error = {"code": "usage_error" if isinstance(e, click.UsageError) else "error",
+                     "message": e.format_message()}
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                error["command"] = ctx.command_path
+                error["usage"] = ctx.get_usage()
+            param = getattr(e, "param", None)
+            if param is not None and param.name:
+                error["field"] = param.name
+            click.echo(json.dumps({"error": error}))
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo(json.dumps({"error": {"code": "aborted", "message": "aborted"}}))
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=JsonErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tensor-surgery")
 def main() -> None:
     """Look inside .safetensors model weights and change them on purpose."""
@@ -315,8 +344,7 @@ def patch_verify(model, patches, as_json) -> None:
             state = "applies cleanly" if r["ok"] else f"{len(r['conflicts'])} conflict(s)"
             click.echo(f"{r['patch']}: {state} ({r['entries']} entries)")
             for c in r["conflicts"]:
-                extra = f" expected {c['expected_hex']} found {c['actual_hex']}" if "actual_hex" in c else ""
-                click.echo(f"  - {c['message']}{extra}")
+                click.echo(f"  - {c['message']}")  # one sentence each, hex included (--json: fields)
     sys.exit(0 if ok else 1)
 
 

@@ -538,6 +538,28 @@ def test_api_overwrite_never_destroys_what_the_user_owns(client, hf_tiny, tmp_pa
         assert again.get("/api/edits").json()["staged_tensors"] == {EMB: 1}
 
 
+def test_api_export_first_removes_leftovers_of_killed_writes(client, hf_tiny, tmp_path, settings):
+    """Before each export: an unfinished export's folder (its writer gone) in DATA_DIR/exports and a
+    journal `.tmp` of a killed in-place apply beside the model are removed; a user's lookalike is not."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited: nobody is writing these any more
+    exports = settings.data_dir / "exports"
+    partial = exports / ".old-run.partial-0123456789ab"
+    partial.mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"\0" * 64)
+    (partial / ".tensor-surgery-export.json").write_text(json.dumps({
+        "format": "tensor-surgery-export", "version": 1, "state": "partial", "writer": f"{pid}:1",
+        "files": ["model.safetensors"]}))
+    journal_tmp = hf_tiny.parent / f".model.safetensors.backup-20250101-000000.hexpatch.tensor-surgery-{pid}-0123456789ab.tmp"
+    journal_tmp.write_text('{\n  "format": "hexpatch",\n  "version": 1')
+    users = hf_tiny.parent / f".notes.md.tensor-surgery-{pid}-0123456789ab.tmp"
+    users.write_text("not ours: the name does not end like one of our journal files")
+    r = client.post("/api/export", json={"out": str(exports / "new")})
+    assert r.status_code == 202, r.text
+    assert wait_job(client, r.json()["job"]["id"])["state"] == "done"
+    assert not partial.exists() and not journal_tmp.exists() and users.exists()
+
+
 def test_api_export_conflicting_patch_lists_every_conflict(client, hf_tiny, tmp_path, settings):
     good = flip_bytes(hf_tiny, EMB, [0, 64])
     bad = [

@@ -74,6 +74,7 @@ def start_export(
     max_shard = parse_size(body.max_shard_size) if body.max_shard_size is not None else None
     patches = [(n, library.read(n)) for n in body.patches]
     check_no_pending_intent(model)  # a torn in-place apply: recover it first
+    clean_in_place_leftovers(PathlibPath(model.path).parent)  # none pending: its temporary files are litter
     runs = staging.export_runs(model, body.include_staged, patches)  # conflicts fail here, before the job
     # so do a taken output, the source itself as output, a protected folder, or a layout that
     # does not fit the output
