@@ -137,7 +137,10 @@ case("header_length_zero", "InvalidModelFile", "starting with '{'", "header")(on
 case("header_not_utf8", "InvalidModelFile", "UTF-8", "header")(one_file(b'{"a\xff": 1}'))
 case("header_not_json", "InvalidModelFile", "not valid JSON", "header")(one_file(b'{"a": {"dtype": '))
 case("header_json_array", "InvalidModelFile", "JSON object", "header")(one_file(b"[]"))
-case("header_leading_space", "InvalidModelFile", "starting with '{'", "header")(one_file(b" {}"))
+# (leading whitespace before the '{' is valid since April 2026: see VALID_CASES)
+case("header_only_whitespace", "InvalidModelFile", "starting with '{'", "header")(one_file(b" \t\n "))
+case("header_leading_nbsp", "InvalidModelFile", "starting with '{'", "header")(one_file("\u00a0{}"))
+case("header_leading_vertical_tab", "InvalidModelFile", "starting with '{'", "header")(one_file(b"\x0b{}"))
 case("header_trailing_garbage", "InvalidModelFile", "not valid JSON", "header")(one_file(b"{} x"))
 case("header_nan_literal", "InvalidModelFile", "NaN", "header")(
     one_file(b'{"__metadata__": {"a": NaN}}')
@@ -200,8 +203,9 @@ case("missing_dtype", "InvalidModelFile", "tensor 'w'", "tensor")(
 case("missing_data_offsets", "InvalidModelFile", "missing data_offsets", "tensor")(
     one_file({"w": {"dtype": "U8", "shape": [4]}}, b"\0" * 4)
 )
-case("extra_key_in_entry", "InvalidModelFile", "unexpected 'foo'", "tensor")(
-    one_file({"w": {**entry("U8", [4], 0, 4), "foo": 1}}, b"\0" * 4)
+case("extra_key_entry_missing_dtype", "InvalidModelFile", "missing dtype", "tensor")(
+    # an unknown field is ignored (see VALID_CASES), a missing one is still an error
+    one_file({"w": {"shape": [4], "data_offsets": [0, 4], "foo": 1}}, b"\0" * 4)
 )
 case("unknown_dtype", "InvalidModelFile", "tensor 'w': unknown dtype 'F12'", "dtype")(
     one_file({"w": entry("F12", [4], 0, 4)}, b"\0" * 4)
@@ -416,6 +420,99 @@ def _fifo_shard(d: Path) -> Path:
 
 
 case("fifo_shard", "InvalidModelFile", f"missing: {S1}", "weight_map")(_fifo_shard)
+
+
+# -- other formats, named by their first bytes (never unpickled) ------------------------------
+
+
+def _gguf_bytes() -> bytes:
+    """A minimal valid GGUF v3 file: magic, version, no tensors, one string key-value."""
+    key, value = b"general.name", b"x"
+    return (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+            + struct.pack("<I", 8) + struct.pack("<Q", len(value)) + value)
+
+
+def _torch_save(d: Path, name: str, zipfile_format: bool = True) -> Path:
+    import torch  # the real writer: these are the files users have
+
+    path = d / name
+    torch.save({"w": torch.zeros(4)}, path, _use_new_zipfile_serialization=zipfile_format)
+    return path
+
+
+def _npz(d: Path) -> Path:
+    import numpy as np
+
+    path = d / "weights.npz"
+    np.savez(path, w=np.zeros(4, np.float32))
+    return path
+
+
+def _npy(d: Path) -> Path:
+    import numpy as np
+
+    path = d / "weights.npy"
+    np.save(path, np.zeros(4, np.float32))
+    return path
+
+
+case("gguf_file", "InvalidModelFile", "is a GGUF file", "format")(
+    lambda d: write(d, "model.gguf", _gguf_bytes())
+)
+case("gguf_named_safetensors", "InvalidModelFile", "is a GGUF file", "format")(
+    # judged by the bytes, not the name
+    lambda d: write(d, "model.safetensors", _gguf_bytes())
+)
+case("pytorch_zip_bin", "InvalidModelFile", "is a PyTorch checkpoint", "format")(
+    lambda d: _torch_save(d, "pytorch_model.bin")
+)
+case("pytorch_legacy_pickle_pt", "InvalidModelFile", "is a Python pickle", "format")(
+    lambda d: _torch_save(d, "model.pt", zipfile_format=False)
+)
+case("numpy_npz", "InvalidModelFile", "is a numpy .npz archive", "format")(_npz)
+case("numpy_npy", "InvalidModelFile", "is a numpy .npy array", "format")(_npy)
+
+
+def _folder_of(*builders: Case) -> Case:
+    def build(d: Path) -> Path:
+        folder = d / "foreign"
+        folder.mkdir()
+        for b in builders:
+            b(folder)
+        (folder / "config.json").write_text("{}")
+        return folder
+
+    return build
+
+
+case("folder_only_gguf", "InvalidModelFile", "holds no .safetensors file, only a GGUF file", "format")(
+    _folder_of(lambda d: write(d, "smollm2-135m-q8_0.gguf", _gguf_bytes()))
+)
+case("folder_only_pytorch_bin", "InvalidModelFile", "only a PyTorch checkpoint", "format")(
+    _folder_of(lambda d: _torch_save(d, "pytorch_model-00001-of-00002.bin"),
+               lambda d: _torch_save(d, "pytorch_model-00002-of-00002.bin"))
+)
+
+# -- valid files the reference library reads: not refused --------------------------------------
+
+# name -> (header text or bytes, data): each must open, with the same tensors and bytes as the
+# safetensors library gives (tests/test_store_hostile.py), and `VALID_WARNINGS[name]` in the
+# model's warnings where given
+VALID_CASES: dict[str, tuple[str | bytes, bytes]] = {
+    # writers pad the header for alignment; since April 2026 the format allows it before the '{'
+    "header_leading_space": (b" " * 7 + json.dumps(valid_header()).encode(), bytes(range(6))),
+    "header_leading_json_whitespace": (b" \t\r\n" + json.dumps(valid_header()).encode() + b"  ", bytes(range(6))),
+    "extra_key_in_entry": (json.dumps({"w": {**entry("U8", [4], 0, 4), "foo": 1}}), b"\1\2\3\4"),
+    "extra_keys_nested": (
+        json.dumps({"a": {**entry("U8", [4], 0, 4), "quant": {"scale": [0.5], "zero": 0}},
+                    "b": {**entry("U8", [2], 4, 6), "note": "x"}}),
+        bytes(range(6)),
+    ),
+}
+VALID_WARNINGS = {
+    "extra_key_in_entry": "1 tensor entry has fields the safetensors format does not define ('foo'",
+    "extra_keys_nested": "2 tensor entries have fields the safetensors format does not define ('note', 'quant'",
+}
 
 
 assert len(CORPUS) == len(EXPECTED) >= 30

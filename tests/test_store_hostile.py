@@ -25,7 +25,9 @@ from tensor_surgery import errors
 from tensor_surgery.errors import ModelChanged, SurgeryError
 from tensor_surgery.store import TensorReader, open_model
 
-from .hostile import CORPUS, EXPECTED, FIELDS, entry, shard_file, st_bytes
+from tensor_surgery.store.header import _DuplicateKey, _loads_fast, loads_unique
+
+from .hostile import CORPUS, EXPECTED, FIELDS, VALID_CASES, VALID_WARNINGS, entry, shard_file, st_bytes
 
 # -- the corpus -----------------------------------------------------------------------------
 
@@ -81,6 +83,124 @@ def test_hostile_case_is_refused(name: str, tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 50 * 2**20, f"{name}: peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("name", sorted(VALID_CASES))
+def test_valid_case_opens_like_the_reference(name: str, tmp_path: Path) -> None:
+    """Files the format allows (padding before the '{', unknown fields in an entry) open with the
+    bytes the safetensors library reads from the same file; where the installed library refuses
+    them (an older one, before April 2026's leading whitespace), numpy slices of the data stand in."""
+    header, data = VALID_CASES[name]
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(st_bytes(header, data))
+    parsed = json.loads(header)
+    expected = _reference_bytes(path)
+    if expected is None:
+        raw = np.frombuffer(data, np.uint8)
+        expected = {k: raw[v["data_offsets"][0] : v["data_offsets"][1]].tobytes()
+                    for k, v in parsed.items() if k != "__metadata__"}
+    with open_model(path) as model:
+        assert {n: bytes(r.raw()) for n, r in model.tensors.items()} == expected
+        assert {n: list(r.shape) for n, r in model.tensors.items()} == {
+            k: v["shape"] for k, v in parsed.items() if k != "__metadata__"}
+        if name in VALID_WARNINGS:
+            assert len(model.warnings) == 1 and VALID_WARNINGS[name] in model.warnings[0], model.warnings
+            assert model.summary()["warnings"] == model.warnings  # what the API and `ls` show
+        else:
+            assert model.warnings == []
+
+
+def test_unknown_entry_fields_warn_in_sharded_models(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    s1, s2 = "m-00001-of-00002.safetensors", "m-00002-of-00002.safetensors"
+    (folder / s1).write_bytes(st_bytes({"a": {**entry("U8", [2], 0, 2), "scale": 0.5}}, b"\1\2"))
+    (folder / s2).write_bytes(shard_file({"b": ("U8", [1], b"\3")}))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": s1, "b": s2}}))
+    with open_model(folder) as model:
+        assert bytes(model.tensor("a").raw()) == b"\1\2"
+        assert len(model.warnings) == 1 and model.warnings[0].startswith(f"{s1}: 1 tensor entry has fields")
+
+
+def test_foreign_folder_lists_the_files_it_found(tmp_path: Path) -> None:
+    path = CORPUS["folder_only_pytorch_bin"](tmp_path)
+    with pytest.raises(errors.InvalidModelFile) as info:
+        open_model(path)
+    assert info.value.context["foreign_files"] == [
+        {"name": "pytorch_model-00001-of-00002.bin", "format": "pytorch_zip"},
+        {"name": "pytorch_model-00002-of-00002.bin", "format": "pytorch_zip"},
+    ]
+    assert "convert it to .safetensors" in info.value.message
+
+
+def test_plausible_length_with_pickle_like_bytes_is_not_called_a_pickle(tmp_path: Path) -> None:
+    """A safetensors length field of 0x0280 starts with the bytes of a pickle's PROTO 2: a broken
+    header behind it is still reported as a broken header."""
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(st_bytes(b"}" + b" " * 0x27F, b""))
+    assert path.read_bytes()[:3] == b"\x80\x02\x00"
+    with pytest.raises(errors.InvalidModelFile) as info:
+        open_model(path)
+    assert "starting with '{'" in info.value.message and info.value.context["field"] == "header"
+
+
+# -- duplicate keys through the fast (orjson) parser -------------------------------------------
+
+_tricky_text = st.sampled_from(["a", "b", "a:b", ":", 'q"', "\\", "\\\"", "x\u00e9", "\ud83d\ude00", "", " "])
+_json_key = st.one_of(_tricky_text, st.text(alphabet='ab:"\\ {}', max_size=4))
+# (integers past 64 bits come back from orjson as floats: header validation re-parses strictly on
+# any refusal, so those report as before; see test_hostile_case_is_refused's offsets_past_u64)
+_leaf = st.one_of(st.integers(-3, 2**64 - 1), _tricky_text, st.lists(st.integers(0, 9), max_size=3))
+
+
+@st.composite
+def _object_text(draw, depth: int = 0) -> str:
+    """JSON object text, possibly with duplicate keys (json.dumps cannot write those)."""
+    keys = draw(st.lists(_json_key, max_size=5))
+    if keys and draw(st.booleans()):
+        keys.append(draw(st.sampled_from(keys)))  # a duplicate
+    parts = []
+    for k in keys:
+        if depth < 2 and draw(st.booleans()):
+            value = draw(_object_text(depth + 1))
+        else:
+            value = json.dumps(draw(_leaf))
+        parts.append(json.dumps(k) + draw(st.sampled_from([":", " : ", ":\n"])) + value)
+    return "{" + ",".join(parts) + "}"
+
+
+def _strict(text: str):
+    from tensor_surgery.store.header import _no_duplicates, _reject_constant
+
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(_object_text())
+def test_fast_parser_agrees_with_the_strict_one(text: str) -> None:
+    """orjson keeps the last duplicate silently: whatever `loads_unique` returns, the strict
+    parser (which refuses every duplicate) returns too, and the same duplicates are refused."""
+    try:
+        want = _strict(text)
+    except _DuplicateKey:
+        with pytest.raises(_DuplicateKey):
+            loads_unique(text)
+        assert _loads_fast(text.encode()) is None
+        return
+    assert loads_unique(text) == want
+    assert loads_unique(text.encode()) == want
+    fast = _loads_fast(text.encode())
+    assert fast is None or fast == want
+
+
+def test_fast_parser_takes_the_usual_header() -> None:
+    """The fast path must actually be taken for headers as writers make them, or listing slows."""
+    header = {"__metadata__": {"format": "pt", "note": "a: b"},
+              **{f"model.layers.{i}.w": entry("BF16", [4, 4], 32 * i, 32 * (i + 1)) for i in range(100)}}
+    for text in (json.dumps(header), json.dumps(header, separators=(",", ":"))):
+        assert _loads_fast(text.encode()) == header
+    assert _loads_fast(b'{"a": {"b": 1, "b": 2}}') is None
+    assert _loads_fast(b'{"a\\"": 1, "a\\"": 2}') is None
 
 
 def test_corpus_is_complete() -> None:

@@ -351,6 +351,10 @@ def resolve_model_path(path: str | os.PathLike) -> str:
     if len(files) == 1:
         return str(files[0])
     if not files:
+        from .foreign import folder_message  # GGUF, PyTorch or numpy files: say so, and what to do
+
+        if found := folder_message(str(p)):
+            raise InvalidModelFile(found[0], file=str(p), field="format", foreign_files=found[1])
         raise ModelNotFound(
             f"{p}: no .safetensors file or *.safetensors.index.json in this folder", file=str(p)
         )
@@ -378,7 +382,7 @@ def open_model(path: str | os.PathLike, guard: PathGuard | None = None) -> Model
             return _open_sharded(resolved, guard)
         f = SafetensorsFile(resolved)
         tensors = dict(f.tensors)
-        return Model(resolved, "file", [f], tensors, dict(f.header.metadata))
+        return Model(resolved, "file", [f], tensors, dict(f.header.metadata), list(f.header.warnings))
 
 
 @contextmanager
@@ -445,7 +449,7 @@ def _read_index(index_path: str) -> tuple[dict, tuple]:
             f"{index_path}: shard index is over the {MAX_INDEX_SIZE:,}-byte limit", file=index_path
         )
     try:
-        obj = loads_unique(raw.decode("utf-8"))
+        obj = loads_unique(raw)  # bytes: orjson reads them as they are (invalid UTF-8 raises)
     except _DuplicateKey as e:
         raise InvalidModelFile(
             f"{index_path}: duplicate key {e.key!r} in the shard index",
@@ -525,7 +529,7 @@ def _open_sharded(index_path: str, guard: PathGuard | None) -> Model:
             f.close()
         raise
 
-    warnings = _extra_shard_warnings(folder, set(shards))
+    warnings = [w for f in files for w in f.header.warnings] + _extra_shard_warnings(folder, set(shards))
     meta = obj.get("metadata")
     metadata = {k: str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
     total = meta.get("total_size") if isinstance(meta, dict) else None
