@@ -65,3 +65,36 @@ def test_real_process_exit_code_and_message(tmp_path):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0] and "header length" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message, field",
+    [
+        (("ls", "{model}", "--json", "--bogus"), "No such option '--bogus'", None),
+        (("ls", "--json"), "Missing argument 'MODEL'", "model"),
+        (("--json", "ls", "{model}"), "No such option '--json'", None),
+        (("stats", "{model}", "--threshold", "abc", "--json"), "'abc' is not a valid float", "threshold"),
+        (("patch", "apply", "{model}", "--json"), "Missing argument 'PATCHES...'", "patches"),
+        (("nosuchverb", "--json"), "No such command 'nosuchverb'", None),
+    ],
+)
+def test_usage_errors_with_json_print_a_json_error(run, tiny_model, args, message, field):
+    """--json anywhere on the line: click's own usage errors come as a JSON error too, exit 2."""
+    r = run(*(a.format(model=tiny_model) for a in args))
+    assert r.exit_code == 2, r.output
+    err = json.loads(r.stdout)["error"]  # stdout is one JSON document, nothing else
+    assert err["code"] == "usage_error" and message in err["message"], err
+    assert err.get("field") == field
+    assert r.stdout.strip().count("\n") == 0 and r.stderr == ""  # one line, nothing else
+    assert err["usage"].startswith("Usage: ")  # what click would have printed, as data
+    if args[0] == "--json":
+        return  # (without it, that line is valid)
+    # without --json, click's usual text on stderr and the same exit status
+    r = run(*(a.format(model=tiny_model) for a in args if a != "--json"))
+    assert r.exit_code == 2 and "Usage:" in r.stderr and r.stdout == ""
+
+
+def test_json_help_and_success_keep_their_exit_status(run, tiny_model):
+    r = run("ls", "--help", "--json")
+    assert r.exit_code == 0 and "List the tensors" in r.stdout
+    assert run("ls", tiny_model, "--json").exit_code == 0

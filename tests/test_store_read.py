@@ -703,15 +703,16 @@ PCTS = stats.DEFAULT_PERCENTILES + (0.0, 100.0, 50.0, 33.3)
 
 
 def exact_percentiles(finite_sorted: np.ndarray, pcts) -> dict[str, float]:
-    """numpy's 'linear' percentile from exact order statistics (rank h = (n-1)p/100)."""
+    """numpy's 'linear' percentile from exact order statistics (rank h = (n-1)p/100). On an
+    element (no interpolation) the element itself: for integers the exact int."""
     s, n = finite_sorted, finite_sorted.size
     out = {}
     for p in pcts:
         h = (n - 1) * p / 100.0
         lo = math.floor(h)
         hi = min(lo + 1, n - 1)
-        a, b = float(s[lo]), float(s[hi])
-        out[f"p{p:g}"] = a + (h - lo) * (b - a)
+        a, b = (int(s[lo]), int(s[hi])) if s.dtype.kind in "iu" else (float(s[lo]), float(s[hi]))
+        out[f"p{p:g}"] = a if h == lo else a + (h - lo) * (b - a)
     return out
 
 
@@ -730,9 +731,11 @@ def check_stats(s: dict, values: np.ndarray, dtype: str) -> None:
     if not fin.size:
         assert s["min"] is None and s["percentiles"] == {}
         return
-    if values.dtype.kind in "iu":  # order statistics of ints: exact, then rounded to float
+    if values.dtype.kind in "iu":  # integers: exact Python ints, never rounded through float64
         ordered = np.sort(values.reshape(-1))
-        assert (s["min"], s["max"]) == (float(ordered[0]), float(ordered[-1]))
+        assert (s["min"], s["max"]) == (int(ordered[0]), int(ordered[-1]))
+        assert type(s["min"]) is int and type(s["max"]) is int
+        assert s["sum"] == int(values.reshape(-1).astype(object).sum())
     else:
         ordered = np.sort(fin)
         assert (s["min"], s["max"]) == (fin.min(), fin.max())
@@ -793,6 +796,75 @@ def test_tensor_stats_match_numpy(dtype, every_dtype, every_dtype_model, tmp_pat
         assert h["counts"] == np.histogram(fin, bins=10, range=(-1.0, 1.0))[0].tolist()
     if dtype == "F64":
         model.close()
+
+
+INT_EXTREMES = {
+    "U64": [2**64 - 1, 2**64 - 2, 2**64 - 1000, 2**63, 0, 7],
+    "I64": [-(2**63), 2**63 - 1, 2**63 - 2, -1, 0, 3],
+    "U32": [2**32 - 1, 2**32 - 2, 0, 1, 2**31],
+    "I32": [-(2**31), 2**31 - 1, -1, 0, 5],
+}
+
+
+def int_oracle(values: list[int]) -> dict:
+    """Exact integer statistics with numpy object arrays (Python ints): nothing rounds until the
+    one division that makes a float, and that one rounds correctly (Fraction)."""
+    from fractions import Fraction
+
+    v = np.array(values, dtype=object)
+    n, total, squares = len(values), int(v.sum()), int((v * v).sum())
+    var = Fraction(n * squares - total * total, n * n)
+    return {"min": int(v.min()), "max": int(v.max()), "sum": total, "mean": float(Fraction(total, n)),
+            "var": float(var), "std": math.sqrt(float(var)), "l2_norm": math.sqrt(squares),
+            "abs_max": max(abs(int(v.min())), abs(int(v.max())))}
+
+
+@pytest.mark.parametrize("dtype", sorted(INT_EXTREMES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_integer_stats_are_exact(dtype: str, seed: int, tmp_path: Path) -> None:
+    """64-bit extremes (U64's 2**64 - 1 used to come back as 2**64, which no U64 holds), and random
+    values over the whole range, in chunks and as a slice."""
+    np_type = np.dtype(NP_TYPES[dtype]).newbyteorder("<")
+    info = np.iinfo(np_type)
+    rng = np.random.default_rng(seed)
+    random = rng.integers(int(info.min), int(info.max), 5000, dtype=np_type, endpoint=True).tolist()
+    values = INT_EXTREMES[dtype] + random if seed else INT_EXTREMES[dtype]
+    arr = np.array(values, dtype=np_type)
+    path = write_model(tmp_path / "i.safetensors", {"x": (dtype, (arr.size,), arr.tobytes())})
+    want = int_oracle(values)
+    with open_model(path) as model:
+        reader = TensorReader(model.tensor("x"))
+        got, _ = stats.tensor_stats(reader, chunk_elems=7, percentiles=(0, 50, 100))
+        sliced = stats.array_stats(reader.read_values((slice(0, arr.size),)), DTYPES[dtype], percentiles=(0, 50, 100))
+        tails = stats.tail_stats(reader, got, chunk_elems=7)
+    for s in (got, sliced):
+        assert {k: s[k] for k in want} == want
+        assert type(s["min"]) is int and type(s["max"]) is int and type(s["sum"]) is int
+        ordered = sorted(values)
+        assert s["percentiles"] == {"p0": ordered[0], "p50": exact_percentiles(np.sort(arr), [50])["p50"],
+                                    "p100": ordered[-1]}
+        # and JSON carries the exact integers
+        assert json.loads(json.dumps(s))["max"] == int(info.max) if dtype in ("U64", "U32") else True
+    text = json.dumps(got)
+    assert f'"max": {max(values)}' in text and f'"min": {min(values)}' in text
+    # saturation: exactly the values at the dtype's limits, not every value that rounds to them
+    limits = {int(info.max)} if dtype.startswith("U") else {int(info.min), int(info.max)}
+    assert tails["saturated_count"] == sum(v in limits for v in values)
+    assert tails["saturation_value"] == int(info.max)
+
+
+def test_integer_sums_past_int64_in_one_chunk(tmp_path: Path) -> None:
+    """The exact sums' fast path (one int64 pass) and limb path meet: a chunk whose plain int64
+    sum would overflow, and small values whose squares fit."""
+    big = np.full(4096, 2**62, np.int64)
+    small = np.arange(-2048, 2048, dtype=np.int64)
+    path = write_model(tmp_path / "s.safetensors", {"big": ("I64", (4096,), big.tobytes()),
+                                                      "small": ("I64", (4096,), small.tobytes())})
+    with open_model(path) as model:
+        for name, arr in (("big", big), ("small", small)):
+            s, _ = stats.tensor_stats(TensorReader(model.tensor(name)))
+            want = int_oracle(arr.tolist())
+            assert {k: s[k] for k in want} == want, name
 
 
 def test_histogram_value_range_and_log(tmp_path: Path) -> None:

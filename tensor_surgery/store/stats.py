@@ -11,6 +11,10 @@ Two exact strategies, chosen by width:
   percentile's coarse bin is found from those counts; a second pass collects only the values of
   those few bins to give exact order statistics (numpy's 'linear' interpolation).
 
+Integer dtypes are summed exactly: min, max, abs_max, `sum` (and percentiles that land on an
+element) are Python ints, so a U64 maximum stays 2**64 - 1 instead of rounding through float64
+to 2**64; mean, var, std and l2_norm are the exact sums divided, rounded once to float64.
+
 Complex tensors are described by the magnitude of their elements (`of: "magnitude"`).
 """
 
@@ -83,11 +87,18 @@ class PatternCounts:
         # values, not patterns: -0.0 and +0.0 are one value
         out["distinct_values"] = int(np.unique(vf).size)
         if n:
-            mean = float(np.dot(cf, vf) / n)
-            m2 = float(np.dot(cf, (vf - mean) ** 2))
-            _fill_moments(out, n, mean, m2, float(vf.min()), float(vf.max()), float(np.dot(cf, vf * vf)))
             order = np.argsort(vf, kind="stable")
-            out["percentiles"] = _percentiles_from_sorted(vf[order], np.cumsum(cf[order]), percentiles)
+            if self.dtype.kind in ("int", "uint"):
+                vi = vf.astype(np.int64)  # at most 16-bit values: exact
+                _fill_int_moments(out, n, _dot_exact(cf, vi), _dot_exact(cf, vi * vi),
+                                  int(vi.min()), int(vi.max()))
+                out["percentiles"] = _percentiles_from_sorted(vi[order], np.cumsum(cf[order]), percentiles)
+            else:
+                mean = float(np.dot(cf, vf) / n)
+                m2 = float(np.dot(cf, (vf - mean) ** 2))
+                _fill_moments(out, n, mean, m2, float(vf.min()), float(vf.max()), float(np.dot(cf, vf * vf)))
+                out["sum"] = float(np.dot(cf, vf))
+                out["percentiles"] = _percentiles_from_sorted(vf[order], np.cumsum(cf[order]), percentiles)
         _finish(out)
         return out
 
@@ -129,9 +140,15 @@ class _Moments:
     neginf: int = 0
     sparse: int = 0
     keys: np.ndarray = field(default_factory=lambda: np.zeros(1 << 16, dtype=np.int64))
+    integer: bool = False  # integer values: the exact sums below, not the float moments
+    isum: int = 0
+    isumsq: int = 0
 
     def add(self, x: np.ndarray) -> None:
         self.numel += x.size
+        if x.dtype.kind in "iu":
+            self._add_int(x)
+            return
         if x.dtype.kind == "f":
             with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: handled just below
                 s = float(np.add.reduce(x, dtype=np.float64))
@@ -163,6 +180,83 @@ class _Moments:
         self.mean += delta * n_b / n
         self.m2 += m2_b + delta * delta * self.n * n_b / n
         self.n = n
+
+    def _add_int(self, x: np.ndarray) -> None:
+        """Exact: min, max and the sums as Python ints (float64 would round past 2**53)."""
+        self.integer = True
+        if not x.size:
+            return
+        lo_t, hi_t = _int_window(x.dtype, self.threshold)
+        if lo_t <= hi_t:
+            self.sparse += int(np.count_nonzero((x >= lo_t) & (x <= hi_t)))
+        self.keys += np.bincount(_order_key16(x), minlength=1 << 16)
+        lo, hi = int(x.min()), int(x.max())
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        s, ss = _int_sums(x, max(abs(lo), abs(hi)))
+        self.isum += s
+        self.isumsq += ss
+        self.n += x.size
+
+
+def _int_window(dtype: np.dtype, threshold: float) -> tuple[int, int]:
+    """The integers x with |x| <= threshold, as [lo, hi] clipped to the dtype (lo > hi: none)."""
+    info = np.iinfo(dtype)
+    if not threshold >= 0:  # negative or NaN: nothing is that small
+        return 1, 0
+    hi = info.max if threshold >= info.max else math.floor(threshold)
+    lo = max(-hi, int(info.min))
+    return lo, min(hi, int(info.max))
+
+
+_BLOCK = 1 << 20  # elements per exact partial sum: 2**20 products of < 2**32 stay below 2**52
+
+
+def _int_sums(x: np.ndarray, absmax: int) -> tuple[int, int]:
+    """sum(x) and sum(x*x) of an integer array, exactly, with vectorised int64/uint64 partial sums.
+
+    When every |x| is small enough (the usual case: ids, counts, small codes) one int64 pass per
+    sum cannot overflow. Otherwise |x| is split into 16-bit limbs a_k: x*x is the sum over limb
+    pairs of a_j*a_k*2**(16(j+k)), and each limb product is below 2**32, so the partial sums of a
+    block of 2**20 elements fit 64 bits. The sum splits x into a high and a low 32-bit half.
+    """
+    total, squares = 0, 0
+    x = x.reshape(-1)
+    for i in range(0, x.size, _BLOCK):
+        b = x[i : i + _BLOCK]
+        n = b.size
+        if absmax * n < 1 << 63:
+            total += int(b.sum(dtype=np.int64))
+        else:  # 64-bit values: halves (the high one signed for int64, floor-shifted)
+            total += (int((b >> 32).sum(dtype=b.dtype)) << 32) + int((b & 0xFFFFFFFF).sum(dtype=np.uint64))
+        if absmax * absmax * n < 1 << 63:
+            v = b.astype(np.int64)
+            squares += int(np.dot(v, v))
+        else:
+            squares += _sum_squares_limbs(b)
+    return total, squares
+
+
+def _sum_squares_limbs(b: np.ndarray) -> int:
+    if b.dtype.kind == "i":
+        # |x| as uint64: -2**63 maps to 2**63, which uint64 holds
+        a = np.where(b < 0, (~b.astype(np.int64)).view(np.uint64) + np.uint64(1), b.astype(np.int64).view(np.uint64))
+    else:
+        a = b.astype(np.uint64)
+    limbs = [((a >> np.uint64(16 * k)) & np.uint64(0xFFFF)) for k in range(4)]
+    out = 0
+    for j in range(4):
+        for k in range(j, 4):
+            part = int(np.dot(limbs[j], limbs[k]))  # < 2**52 for a block: exact in uint64
+            out += (part << (16 * (j + k))) * (1 if j == k else 2)
+    return out
+
+
+def _dot_exact(counts: np.ndarray, values: np.ndarray) -> int:
+    """sum(counts * values) exactly (pattern counts times <= 16-bit integer values or squares)."""
+    bound = int(np.abs(values).max(initial=0)) * int(counts.sum())
+    if bound < 1 << 63:
+        return int(np.dot(counts, values))
+    return sum(c * v for c, v in zip(counts.tolist(), values.tolist()))
 
 
 def _stream_moments(chunks: Iterable[np.ndarray], threshold: float, total: int, progress: Progress | None) -> _Moments:
@@ -198,18 +292,28 @@ def _exact_percentiles(
         hits, hk = x[mask], k[mask]
         for b in wanted:
             collected[int(b)].append(hits[hk == b])
-    value_at: dict[int, float] = {}
+    value_at: dict[int, float | int] = {}
     for r, b in zip(rank_list, bins):
         before = int(cum[b - 1]) if b > 0 else 0
-        vals = np.sort(np.concatenate(collected[int(b)]).astype(np.float64))
-        value_at[r] = float(vals[r - before])
+        vals = np.concatenate(collected[int(b)])
+        if vals.dtype.kind not in "iu":  # integers stay integers: exact Python ints below
+            vals = vals.astype(np.float64)
+        value_at[r] = np.sort(vals)[r - before].item()
     out = {}
     for p in pcts:
         h = (n - 1) * p / 100.0
         lo = math.floor(h)
         hi = min(lo + 1, n - 1)
-        out[_pkey(p)] = value_at[lo] + (h - lo) * (value_at[hi] - value_at[lo])
+        out[_pkey(p)] = _lerp(value_at[lo], value_at[hi], h - lo)
     return out
+
+
+def _lerp(a, b, frac: float):
+    """numpy's 'linear' interpolation; on an element (frac 0) the element itself, which keeps an
+    integer exact (and an extreme float finite: b - a may overflow)."""
+    if frac == 0:
+        return a
+    return a + frac * (b - a)
 
 
 # -- shared helpers ---------------------------------------------------------------------------
@@ -225,9 +329,19 @@ def _base(dtype: DType, numel: int, threshold: float) -> dict:
         "of": "magnitude" if dtype.kind == "complex" else "value",
         "numel": numel,
         "sparsity_threshold": threshold,
-        "min": None, "max": None, "mean": None, "std": None, "var": None,
+        "min": None, "max": None, "sum": None, "mean": None, "std": None, "var": None,
         "abs_max": None, "l2_norm": None, "percentiles": {},
     }
+
+
+def _fill_int_moments(out: dict, n: int, total: int, sumsq: int, lo: int, hi: int) -> None:
+    """Moments from exact integer sums: each statistic rounded once (int / int is correctly
+    rounded in Python), min/max/abs_max/sum exact."""
+    var = (n * sumsq - total * total) / (n * n)
+    out.update(
+        min=lo, max=hi, sum=total, mean=total / n, var=var, std=math.sqrt(var),
+        abs_max=max(abs(lo), abs(hi)), l2_norm=math.sqrt(sumsq),
+    )
 
 
 def _fill_moments(out: dict, n: int, mean: float, m2: float, lo: float, hi: float, sumsq: float) -> None:
@@ -258,9 +372,9 @@ def _percentiles_from_sorted(vals: np.ndarray, cum: np.ndarray, percentiles: Ite
         h = (n - 1) * p / 100.0
         lo = math.floor(h)
         hi = min(lo + 1, n - 1)
-        v_lo = float(vals[np.searchsorted(cum, lo, side="right")])
-        v_hi = float(vals[np.searchsorted(cum, hi, side="right")])
-        out[_pkey(p)] = v_lo + (h - lo) * (v_hi - v_lo)
+        v_lo = vals[np.searchsorted(cum, lo, side="right")].item()  # int for integer values
+        v_hi = vals[np.searchsorted(cum, hi, side="right")].item()
+        out[_pkey(p)] = _lerp(v_lo, v_hi, h - lo)
     return out
 
 
@@ -347,7 +461,10 @@ def array_stats(
         return PatternCounts(dt, counts).describe(threshold, percentiles)
     v = values.ravel()
     v = np.abs(v) if v.dtype.kind == "c" else v
-    if v.dtype.itemsize < 4 or v.dtype.kind == "b":
+    if v.dtype.kind in "iu":
+        if v.dtype.itemsize < 4:
+            v = v.astype(np.int64)  # the exact integer path; its order keys need 32/64 bits
+    elif v.dtype.itemsize < 4 or v.dtype.kind == "b":
         v = v.astype(np.float32)
     m = _Moments(threshold)
     m.add(v)
@@ -361,7 +478,11 @@ def _describe_moments(dt: DType, m: _Moments, threshold: float, percentiles, rec
         inf_count=m.posinf + m.neginf, finite_count=m.n, sparse_count=m.sparse,
     )
     if m.n:
-        _fill_moments(out, m.n, m.mean, m.m2, m.lo, m.hi, m.sumsq)
+        if m.integer:
+            _fill_int_moments(out, m.n, m.isum, m.isumsq, m.lo, m.hi)
+        else:
+            _fill_moments(out, m.n, m.mean, m.m2, m.lo, m.hi, m.sumsq)
+            out["sum"] = m.mean * m.n
         out["percentiles"] = _exact_percentiles(rechunk, m.keys, m.n, percentiles)
     _finish(out)
     return out
@@ -447,7 +568,7 @@ def values_histogram(values: np.ndarray, *, bins: int = 64, lo=None, hi=None, lo
 # -- tails: kurtosis and saturation -------------------------------------------------------------
 
 
-def saturation_bounds(dtype: DType) -> tuple[float, float] | None:
+def saturation_bounds(dtype: DType) -> tuple[float, float] | tuple[int, int] | None:
     """The extreme finite values of a dtype (lowest, highest), or None where saturation means nothing.
 
     Unsigned dtypes (and E8M0, which has no sign) saturate at the top only: both bounds are the top.
@@ -457,12 +578,14 @@ def saturation_bounds(dtype: DType) -> tuple[float, float] | None:
     """
     if not dtype.decodable or dtype.kind in ("complex", "bool"):
         return None
+    # integer limits as exact ints: as floats, U64's 2**64 - 1 rounds to 2**64 and every value
+    # within 2**11 of it would count as saturated
     if dtype.kind == "uint":  # 0 is an ordinary value, not a limit
-        hi = float(np.iinfo(dtype.numpy).max)
+        hi = int(np.iinfo(dtype.numpy).max)
         return hi, hi
     if dtype.kind == "int":
         info = np.iinfo(dtype.numpy)
-        return float(info.min), float(info.max)
+        return int(info.min), int(info.max)
     if uses_table(dtype):
         table = value_table(dtype)
         hi = float(np.max(np.abs(table[np.isfinite(table)])))
