@@ -104,18 +104,28 @@ def uncovered(page, rects: list[dict]) -> list[str]:
 
 def test_fit_spreads_the_model_over_the_canvas_with_heatmaps(ui):
     page = ui.page
-    view = page.evaluate(VIEW)
-    assert view["w"] == pytest.approx(VIEWPORT["width"] - 480, abs=2)
-    rects = page.evaluate(RECTS, None)
-    assert len(rects) == 272
-    left = min(r["x"] for r in rects)
-    right = max(r["x"] + r["w"] for r in rects)
-    # the model spans most of the width (it used to be packed into the left ~170 px)
-    assert right - left > 0.75 * view["w"], (left, right, view)
-    assert all(inside(r, view) for r in rects)
-    assert uncovered(page, rects) == []
-    # tiles are big enough to show the tensor's own heatmap at fit (were ~10 px flat squares)
-    assert min(r["w"] for r in rects) >= 16
+    def check_fit(along: str):
+        view = page.evaluate(VIEW)
+        rects = page.evaluate(RECTS, None)
+        assert len(rects) == 272
+        span = {"w": max(r["x"] + r["w"] for r in rects) - min(r["x"] for r in rects),
+                "h": max(r["y"] + r["h"] for r in rects) - min(r["y"] for r in rects)}
+        # the model spans most of the width (it used to be packed into the left ~170 px), or of the
+        # height when that is what limits the tiles
+        assert span[along] > 0.75 * view[along], (span, view)
+        assert all(inside(r, view) for r in rects)
+        assert uncovered(page, rects) == []
+        # tiles are big enough to show the tensor's own heatmap at fit (were ~10 px flat squares)
+        assert min(r["w"] for r in rects) >= 16
+
+    check_fit("w")
+    # a smaller, squarer canvas: laid out again for it
+    page.set_viewport_size({"width": 1280, "height": 760})
+    page.wait_for_function("(w) => Math.abs(window.__ts.canvas.width - w) < 2 && window.__ts.canvas.atFit", arg=1280 - 480)
+    page.wait_for_timeout(300)  # the refit waits for the resizing to settle
+    check_fit("h")
+    page.set_viewport_size(VIEWPORT)
+    page.wait_for_timeout(300)
 
     # ... and they do: once the thumbnails arrived, a q_proj tile holds many colours, not one
     name = "model.layers.12.self_attn.q_proj.weight"

@@ -36,7 +36,7 @@ const MIN_SIZE_W = 0.06; // size mode: the thinnest tile (a 576-element norm wou
 const FRAME_MAX_PX = 96; // framing filter matches zooms in no further than this
 const MAX_COLUMNS = 64;
 const THUMB_BLOCKS = 24; // overview blocks per side for a thumbnail
-const MAX_INFLIGHT = 6;
+const MAX_INFLIGHT = 4; // of Chromium's 6 connections per host: leave two for the panels' requests
 const THUMB_CACHE = 6000; // more than the tiles visible at THUMB_FROM_PX on a large screen
 
 export const metrics = { firstRenderMs: null, drawMs: [] };
@@ -248,7 +248,9 @@ export class TensorCanvas {
     this.height = r.height;
     this.canvas.width = Math.max(1, Math.round(r.width * dpr));
     this.canvas.height = Math.max(1, Math.round(r.height * dpr));
-    if (this.atFit && this.items.length && r.width > 0) this.fit();
+    // still at fit: lay out again for the new size, once the resizing (a window drag) settles
+    clearTimeout(this.refitTimer);
+    if (this.atFit && this.items.length && r.width > 0) this.refitTimer = setTimeout(() => { if (this.atFit) this.fit(); }, 60);
     this.dirty = true;
   }
 
