@@ -469,6 +469,10 @@ def test_propose_edit_validates_the_spec(client):
     assert r.status_code == 400 and "factor" in r.json()["error"]["message"]
     r = client.post("/api/agent/tools/propose_edit", json={"tensor_name": "model.norm.weight", "op": "explode"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_arguments"
+    # the same contract as the API: a parameter the op does not take is refused, naming it
+    r = client.post("/api/agent/tools/propose_edit", json={"tensor_name": "model.norm.weight", "op": "zero", "factor": 2})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["field"] == "factor" and "zero does not take 'factor'" in err["message"]
 
 
 # -- mentions -----------------------------------------------------------------------------------------

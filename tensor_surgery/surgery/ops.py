@@ -153,11 +153,10 @@ def check_parameters(spec: EditSpec) -> Op:
     op = OPS.get(spec.op) if isinstance(spec.op, str) else None
     if op is None:
         raise InvalidRequest(f"unknown op {spec.op!r}; one of {', '.join(OPS)}", tensor=spec.tensor_name, field="op")
+    takes = op.parameters + op.targets
     for name in spec.given():
-        if name not in op.parameters and name not in op.targets:
-            takes = ", ".join(op.parameters) or "no parameters"
-            targets = f"; targets: {', '.join(op.targets)}" if op.targets else "; no target"
-            raise InvalidRequest(f"{spec.op} does not take {name!r} (it takes {takes}{targets})",
+        if name not in takes:
+            raise InvalidRequest(f"{spec.op} does not take {name!r}; it takes {', '.join(takes) or 'no parameter'}",
                                  tensor=spec.tensor_name, field=name)
     return op
 
