@@ -105,7 +105,13 @@ function placeChart() {
 }
 
 // Another model: nothing shown here belongs to it. The server frees the old live model itself.
+// (The first "model" of a page load is no switch: logits that came before it are this model's.)
+let shownModel = null;
 function modelChanged(model) {
+  const switched = shownModel !== null && model && shownModel !== model.path;
+  shownModel = model ? model.path : null;
+  showKind(model);
+  if (!switched) return;
   last = null;
   modulesLoaded = false;
   purge("live-chart");
@@ -117,6 +123,12 @@ function modelChanged(model) {
   document.getElementById("live-notice").textContent = "";
   document.getElementById("live-timing").textContent = "";
   clearError(document.getElementById("live-error"));
+  placeChart();
+  if (!document.getElementById("tab-live").hidden) loadWanted = true;
+}
+
+// Next-token logits mean something only for a causal LM: say so plainly for any other model.
+function showKind(model) {
   const kind = document.getElementById("live-kind");
   const hf = model && model.hf;
   const notCausal = hf && hf.causal_lm === false;
@@ -127,8 +139,6 @@ function modelChanged(model) {
       + "Everything else (inspecting, editing, patches) works."
     : "";
   document.getElementById("live-load").title = notCausal ? "loads it anyway, as a causal LM: its predictions are not meaningful" : "";
-  placeChart();
-  if (!document.getElementById("tab-live").hidden) loadWanted = true;
 }
 
 function autoload() {
@@ -264,6 +274,8 @@ async function loadModules() {
 }
 
 function renderLogits(m, fresh = true) {
+  // pushed by the live model of a model the page has left (it is being freed): not shown
+  if (fresh && lastStatus && lastStatus.model && state.model && lastStatus.model !== state.model.path) return;
   last = m;
   placeChart();
   const sentAt = fresh ? liveMetrics.sent.get(m.seq) : undefined;
