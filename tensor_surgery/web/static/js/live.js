@@ -294,7 +294,7 @@ function renderLogits(m, fresh = true) {
     { type: "bar", orientation: "h", name: "patched", y: labels, x: top.map((t) => t.prob), marker: { color: accent },
       hovertemplate: "%{y}: %{x:.4f} (patched)<extra></extra>" },
   ], plotLayout({ barmode: "group", yaxis: { autorange: "reversed" }, xaxis: { title: { text: "probability" } },
-    legend: { orientation: "h", y: 1.08 }, margin: { l: 90, r: 8, t: 20, b: 34 } }), PLOT_CONFIG);
+    legend: { orientation: "h", x: 0, y: 1, yanchor: "bottom" }, margin: { l: 90, r: 8, t: 24, b: 34 } }), PLOT_CONFIG);
   setChildren(document.getElementById("live-table"),
     el("tr", {}, ...["token", "logit", "prob", "base prob", "Δ prob", "rank"].map((h) => el("th", {}, h))),
     ...top.map((t) => el("tr", { class: Math.abs(t.delta_prob) > DELTA_MARK ? "staged" : "", title: Math.abs(t.delta_prob) > DELTA_MARK ? "changed by the staged edits / adapters" : null },
