@@ -129,6 +129,78 @@ def test_loads_hex_is_case_insensitive_and_written_upper(hexes):
     assert (out["patches"][0]["original_hex"], out["patches"][0]["new_hex"]) == ("0A1B", "FFEE")
 
 
+_hex = st.sampled_from(["0011", "2233", "aB", "00 11", "0x22", "001", "", "zz", "001\n", "FF" * 40])
+_field_values = {
+    "tensor_name": st.sampled_from(["t", "u", "", ["t"], None, "\ud800"]),
+    "offset_bytes": st.one_of(st.integers(-2, 2**64 + 5), st.sampled_from([True, 4.0, "4", None])),
+    "original_hex": st.one_of(_hex, st.just(2233)),
+    "new_hex": st.one_of(_hex, st.just(None)),
+    "dtype": st.sampled_from(["BF16", 16, None]),
+    "shape_at_edit_time": st.one_of(st.lists(st.integers(-1, 5), max_size=3), st.sampled_from(["16x32", None, [True], [2.0]])),
+    "note": st.sampled_from(["why", 7, None, ""]),
+}
+
+
+@st.composite
+def _raw_entry(draw):
+    if draw(st.integers(0, 30)) == 0:
+        return draw(st.sampled_from([5, ["t", 0, "00", "11"], None]))
+    if draw(st.booleans()):  # mostly well-formed, so that the fast path is exercised
+        off = draw(st.integers(0, 1000))
+        h = draw(st.sampled_from(["0011", "aBcD", "FF" * 40]))
+        e = {"tensor_name": draw(st.sampled_from(["t", "u"])), "offset_bytes": off * 100,
+             "original_hex": h, "new_hex": h[::-1]}
+        for k in ("dtype", "shape_at_edit_time", "note"):
+            if draw(st.booleans()):
+                e[k] = draw(st.sampled_from({"dtype": ["BF16"], "shape_at_edit_time": [[2, 3], []],
+                                             "note": ["n", ""]}[k]))
+        return e
+    keys = draw(st.sets(st.sampled_from(sorted(_field_values))))
+    return {k: draw(_field_values[k]) for k in keys}
+
+
+@hsettings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(_raw_entry(), max_size=6))
+def test_fast_parse_agrees_with_the_per_entry_path(raw):
+    """The column-by-column parser (one fromhex for all entries) accepts exactly what the
+    per-entry parser accepts, builds equal entries, and leaves errors to it (same message)."""
+    data = json.dumps({"patches": raw}).encode()
+
+    def parse(fast: bool):
+        saved = hp._plain_entries, hp._plain_entry
+        if not fast:
+            hp._plain_entries, hp._plain_entry = (lambda raw: None), (lambda e: None)
+        try:
+            return hp.loads(data, "p.hexpatch").entries
+        except hp.InvalidPatch as e:
+            return e.message
+        finally:
+            hp._plain_entries, hp._plain_entry = saved
+
+    assert parse(True) == parse(False)
+
+
+def test_fast_parse_refuses_whitespace_between_hex_pairs():
+    """bytes.fromhex skips spaces; the format does not: even when the spaces keep the length even
+    and the entries are otherwise fine, the per-entry path names the entry."""
+    data = doc(entry(), entry(offset_bytes=8, original_hex="00 1", new_hex="2233"))
+    with pytest.raises(hp.InvalidPatch) as info:
+        hp.loads(data, "bad.hexpatch")
+    assert info.value.context == {"file": "bad.hexpatch", "entry": 1, "field": "original_hex"}
+
+
+def test_mismatch_conflict_is_one_sentence(tiny_model):
+    with open_model(tiny_model) as model:
+        name = "model.norm.weight"
+        held = bytes(model.tensor(name).raw()[4:6])
+        patch = hp.HexPatch([hp.PatchEntry(name, 4, b"\xe1\x3f", b"\0\0")])
+        (c,) = hp.find_conflicts(patch, model, lambda t, o, n: bytes(model.tensor(t).raw()[o:o + n]))
+    assert held != b"\xe1\x3f"
+    assert c.message == (f"patches[0]: {name!r} holds {held.hex().upper()} at byte 4, "
+                         "where the patch expects E13F")
+    assert (c.expected_hex, c.actual_hex) == ("E13F", held.hex().upper())
+
+
 def test_loads_minimal_form_of_the_original_design():
     p = hp.loads(json.dumps({"patches": [entry()]}))
     assert len(p.entries) == 1 and p.description == "" and p.base_model_checksum is None

@@ -73,9 +73,11 @@ def test_apply_out_folder_and_file(run, hf_tiny, patch_file, tmp_path):
     assert r.exit_code == 0, r.output
     assert "wrote" in r.stdout and "8 patched bytes" in r.stdout
     assert (tmp_path / "one.safetensors").read_bytes() == expected_bytes(hf_tiny, runs)
-    # the output exists now: refused (exit 1), unless --overwrite
+    # the output exists now: refused as bad input (exit 2: choose another OUT), unless --overwrite
     r = run("patch", "apply", hf_tiny, patch_file, "--out", tmp_path / "one.safetensors")
-    assert r.exit_code == 1 and "already exists" in r.stderr
+    assert r.exit_code == 2 and "already exists" in r.stderr
+    r = run("patch", "apply", hf_tiny, patch_file, "--out", tmp_path / "one.safetensors", "--json")
+    assert r.exit_code == 2 and json.loads(r.stdout)["error"]["code"] == "output_exists"
     r = run("patch", "apply", hf_tiny, patch_file, "--out", tmp_path / "one.safetensors", "--overwrite")
     assert r.exit_code == 0, r.output
 
@@ -133,16 +135,29 @@ def test_verify_clean_and_conflicts(run, hf_tiny, patch_file, tmp_path):
     assert lines[0].endswith("applies cleanly (4 entries)")
     # in order: entry 0 of bad.hexpatch was already applied by flip.hexpatch, so it conflicts too
     assert lines[1].endswith("5 conflict(s) (5 entries)")
-    for i, what in [(0, "holds other bytes"), (1, "holds other bytes"), (2, "no tensor 'model.missing.weight'"), (3, "past the end"),
-                    (4, "made for F32")]:
+    # a mismatch is one sentence: what the bytes hold, where, and what the patch expects there
+    entries = hp.loads(bad.read_bytes()).entries
+    state = expected_bytes(hf_tiny, runs_of(hp.loads(patch_file.read_bytes()).entries))  # after the first
+    head, meta = header_of(hf_tiny)
+    emb_start = len(head) + meta[EMB]["data_offsets"][0]
+    for i in (0, 1):
+        e = entries[i]
+        held = state[emb_start + e.offset_bytes : emb_start + e.offset_bytes + len(e.original)]
+        sentence = (f"  - patches[{i}]: {EMB!r} holds {held.hex().upper()} at byte {e.offset_bytes}, "
+                    f"where the patch expects {e.original.hex().upper()}")
+        assert held != e.original and sentence in lines, (sentence, lines)
+    for i, what in [(2, "no tensor 'model.missing.weight'"), (3, "past the end"), (4, "made for F32")]:
         assert any(f"patches[{i}]" in ln and what in ln for ln in lines[2:]), (i, lines)
-    assert "expected" in r.stdout and "found" in r.stdout
+    assert " found " not in r.stdout
     r = run("patch", "verify", hf_tiny, bad, "--json")
     assert r.exit_code == 1
     out = json.loads(r.stdout)
     assert out["ok"] is False
     assert [c["kind"] for c in out["patches"][0]["conflicts"]] == ["mismatch", "unknown_tensor", "out_of_range", "dtype"]
     assert [c["entry"] for c in out["patches"][0]["conflicts"]] == [1, 2, 3, 4]
+    mismatch = out["patches"][0]["conflicts"][0]
+    assert mismatch["expected_hex"] == entries[1].original.hex().upper()
+    assert mismatch["actual_hex"] == entries[1].new.hex().upper()  # the base holds what entry 1 writes
     # the model is untouched by verifying
     assert (hf_tiny.parent / "model.safetensors").read_bytes() == hf_tiny.read_bytes()
 

@@ -7,12 +7,18 @@ must match, entries of one patch must not overlap, tensors must exist and ranges
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import operator
 import re
+from collections import deque
 from collections.abc import Iterable
+from itertools import accumulate, chain, repeat
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from ..errors import Conflict, InvalidRequest, SurgeryError, TooLarge
 from ..store import Model
@@ -122,6 +128,19 @@ class HexPatch:
 
 def loads(data: bytes | str, source: str = "patch") -> HexPatch:
     """Parse and validate a patch; every problem names the entry and field."""
+    # A large patch is ~100k small objects parsed, then ~100k entries built while they are all
+    # alive: the cyclic collector would rescan them again and again (none is in a cycle), which
+    # took longer than the parsing itself.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _loads(data, source)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _loads(data: bytes | str, source: str) -> HexPatch:
     if isinstance(data, str):
         data = data.encode("utf-8")
     if len(data) > MAX_PATCH_BYTES:
@@ -130,9 +149,14 @@ def loads(data: bytes | str, source: str = "patch") -> HexPatch:
             file=source,
         )
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise InvalidPatch(f"{source}: not a UTF-8 JSON .hexpatch file: {e}", file=source) from None
+        obj = orjson.loads(data)  # 10x json.loads on a large patch
+    except orjson.JSONDecodeError:
+        # json.loads reads a few things orjson refuses (unpaired surrogate escapes in a name,
+        # integers past 64 bits), and words its errors as before
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise InvalidPatch(f"{source}: not a UTF-8 JSON .hexpatch file: {e}", file=source) from None
     if not isinstance(obj, dict):
         raise InvalidPatch(f"{source}: a .hexpatch must be a JSON object", file=source)
     fmt = obj.get("format", FORMAT)
@@ -164,7 +188,9 @@ def loads(data: bytes | str, source: str = "patch") -> HexPatch:
     raw_entries = obj.get("patches")
     if not isinstance(raw_entries, list):
         raise InvalidPatch(f"{source}: 'patches' must be a list of entries", file=source, field="patches")
-    entries = [_entry(source, i, e) for i, e in enumerate(raw_entries)]
+    entries = _plain_entries(raw_entries)
+    if entries is None:  # something unusual: entry by entry, to accept it or name the culprit
+        entries = [_plain_entry(e) or _entry(source, i, e) for i, e in enumerate(raw_entries)]
     check_no_overlap(entries, source)
     known = {"format", "version", "description", "base_model_checksum", "tensor_checksums", "patches"}
     return HexPatch(
@@ -174,6 +200,111 @@ def loads(data: bytes | str, source: str = "patch") -> HexPatch:
         {k: v.lower() for k, v in tchecks.items()},
         {k: v for k, v in obj.items() if k not in known},
     )
+
+
+_fromhex = bytes.fromhex
+_new = object.__new__
+_ENTRY_SETTERS = tuple(getattr(PatchEntry, f).__set__ for f in PatchEntry.__slots__)
+assert PatchEntry.__slots__ == ("tensor_name", "offset_bytes", "original", "new", "dtype",
+                                "shape_at_edit_time", "note")
+_NONE = type(None)
+
+
+def _build_entries(n: int, *columns) -> list[PatchEntry]:
+    """n PatchEntry from one iterable per field: the frozen `__init__` is a Python call per
+    entry, while filling the slots column by column with map() runs in C."""
+    entries = list(map(_new, repeat(PatchEntry, n)))
+    for set_field, column in zip(_ENTRY_SETTERS, columns, strict=True):
+        deque(map(set_field, entries, column), maxlen=0)
+    return entries
+
+
+def _plain_entries(raw: list) -> list[PatchEntry] | None:
+    """Every entry of a well-formed patch, checked and built column by column (a large patch
+    has ~100k entries, and a Python call per entry was most of the time of parsing it): all the
+    hex of one field is decoded by one `bytes.fromhex` and sliced. None if any entry is
+    unusual; the per-entry path then accepts it or names the culprit.
+    """
+    n = len(raw)
+    if not n:
+        return []
+    if set(map(type, raw)) != {dict}:
+        return None
+    get = dict.get
+    names = list(map(get, raw, repeat("tensor_name")))
+    offsets = list(map(get, raw, repeat("offset_bytes")))
+    original_hex = list(map(get, raw, repeat("original_hex")))
+    new_hex = list(map(get, raw, repeat("new_hex")))
+    dtypes = list(map(get, raw, repeat("dtype")))
+    shapes = list(map(get, raw, repeat("shape_at_edit_time")))
+    notes = list(map(get, raw, repeat("note")))
+    if (set(map(type, names)) != {str} or "" in names
+            or set(map(type, offsets)) != {int} or min(offsets) < 0
+            or set(map(type, chain(original_hex, new_hex))) != {str}
+            or not set(map(type, chain(dtypes, notes))) <= {str, _NONE}):
+        return None
+    lengths = list(map(len, original_hex))
+    if lengths != list(map(len, new_hex)) or 0 in lengths or any(map(operator.and_, lengths, repeat(1))):
+        return None
+    try:
+        # fromhex skips ASCII whitespace, which the format does not allow: the length says
+        original, new = _fromhex("".join(original_hex)), _fromhex("".join(new_hex))
+    except ValueError:
+        return None
+    total = sum(lengths)
+    if 2 * len(original) != total or 2 * len(new) != total:
+        return None
+    kinds = set(map(type, shapes))
+    if not kinds <= {list, _NONE}:
+        return None
+    if list in kinds:
+        given = [s for s in shapes if s is not None] if _NONE in kinds else shapes
+        dims = list(chain.from_iterable(given))
+        if dims and (set(map(type, dims)) != {int} or min(dims) < 0):
+            return None
+        distinct: dict = {}  # one tuple per distinct shape (a patch repeats a handful)
+        keep = distinct.setdefault
+        shapes = [None if s is None else keep(t := tuple(s), t) for s in shapes]
+    ends = list(accumulate(map(operator.rshift, lengths, repeat(1))))
+    spans = list(map(slice, chain((0,), ends), ends))
+    return _build_entries(
+        n, names, offsets, map(original.__getitem__, spans), map(new.__getitem__, spans),
+        dtypes, shapes, notes,
+    )
+
+
+def _plain_entry(e) -> PatchEntry | None:
+    """`_entry` for a well-formed entry with as few Python operations as possible (a large patch
+    has ~100k entries); None for anything unusual, which `_entry` then examines and reports.
+    It accepts only what `_entry` accepts and builds the same entry.
+    """
+    if type(e) is not dict:
+        return None
+    get = e.get
+    name, off, oh, nh = get("tensor_name"), get("offset_bytes"), get("original_hex"), get("new_hex")
+    if (type(name) is not str or not name or type(off) is not int or off < 0
+            or type(oh) is not str or type(nh) is not str or len(oh) != len(nh) or not oh):
+        return None
+    try:
+        orig, new = _fromhex(oh), _fromhex(nh)
+    except ValueError:
+        return None
+    # fromhex skips ASCII whitespace between bytes, which the format does not allow
+    if 2 * len(orig) != len(oh) or 2 * len(new) != len(nh):
+        return None
+    dtype, shape, note = get("dtype"), get("shape_at_edit_time"), get("note")
+    if dtype is not None and type(dtype) is not str:
+        return None
+    if shape is not None:
+        if type(shape) is not list:
+            return None
+        for d in shape:
+            if type(d) is not int or d < 0:
+                return None
+        shape = tuple(shape)
+    if note is not None and type(note) is not str:
+        return None
+    return PatchEntry(name, off, orig, new, dtype, shape, note)
 
 
 def _entry(source: str, i: int, e) -> PatchEntry:
@@ -316,10 +447,12 @@ def find_conflicts(
             continue
         actual = read_bytes(e.tensor_name, e.offset_bytes, len(e.original))
         if actual != e.original:
+            expected_hex, actual_hex = _short_hex(e.original), _short_hex(actual)
             out.append(ConflictItem(
                 "mismatch",
-                f"patches[{i}]: {e.tensor_name!r} at byte {e.offset_bytes} holds other bytes than the patch expects",
-                i, e.tensor_name, e.offset_bytes, _short_hex(e.original), _short_hex(actual)))
+                f"patches[{i}]: {e.tensor_name!r} holds {_short_hex(actual, 16)} at byte "
+                f"{e.offset_bytes}, where the patch expects {_short_hex(e.original, 16)}",
+                i, e.tensor_name, e.offset_bytes, expected_hex, actual_hex))
     if model_checksum_fn is not None and patch.base_model_checksum and not out:
         actual = model_checksum_fn()  # None: not computed (a model too big to hash in time)
         if actual is not None and actual != patch.base_model_checksum:
@@ -379,11 +512,13 @@ def compose(patches: list[HexPatch], read_base, description: str = "") -> HexPat
             if actual == e.original:
                 ok.append(e)
                 continue
+            expected_hex, actual_hex = _short_hex(e.original), _short_hex(actual)
             conflicts.append(ConflictItem(
                 "mismatch",
-                f"patch {pi + 1} of {len(patches)}, patches[{i}]: {e.tensor_name!r} at byte {e.offset_bytes} "
-                "holds other bytes (after the patches before it) than the patch expects",
-                i, e.tensor_name, e.offset_bytes, _short_hex(e.original), _short_hex(actual), patch=pi))
+                f"patch {pi + 1} of {len(patches)}, patches[{i}]: after the patches before it, "
+                f"{e.tensor_name!r} holds {_short_hex(actual, 16)} at byte {e.offset_bytes}, where "
+                f"the patch expects {_short_hex(e.original, 16)}",
+                i, e.tensor_name, e.offset_bytes, expected_hex, actual_hex, patch=pi))
         for e in ok:  # (a conflicting entry is skipped, so later patches are checked on a sensible state)
             maps.setdefault(e.tensor_name, ByteMap()).write(e.offset_bytes, e.new)
             meta.setdefault(e.tensor_name, (e.dtype, e.shape_at_edit_time))
