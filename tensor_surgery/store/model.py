@@ -143,15 +143,19 @@ class SafetensorsFile:
             file=self.path,
         )
 
-    def copy_range(self, info: TensorInfo, lo: int, hi: int) -> np.ndarray:
+    def copy_range(self, info: TensorInfo, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
         """A copy of bytes [lo, hi) of one tensor, read with pread(2), never through the map.
 
         Reading a mapped page past the end of a file that another process truncated meanwhile
         kills the process with SIGBUS, and no Python handler can catch it. pread on a shrunk file
         returns short instead: that raises `ModelChanged`, and so does a file found changed
-        (rewritten in place) when the read is done.
+        (rewritten in place) when the read is done. `out` (uint8, hi - lo long) is filled instead
+        of a new array: a loop over chunks reuses one buffer rather than faulting in fresh pages.
         """
-        out = np.empty(max(hi - lo, 0), dtype=np.uint8)
+        if out is None:
+            out = np.empty(max(hi - lo, 0), dtype=np.uint8)
+        elif out.dtype != np.uint8 or out.size != max(hi - lo, 0) or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a contiguous uint8 array of {hi - lo} bytes")
         if out.size == 0:
             return out
         self.buffer()  # opens and validates the descriptor on first use, else checks it unchanged
@@ -169,6 +173,27 @@ class SafetensorsFile:
             self._changed()
         self.check_unchanged()
         return out
+
+    def pread(self, info: TensorInfo, lo: int, hi: int) -> bytes:
+        """Bytes [lo, hi) of one tensor (clipped to its end), with one pread(2) and no per-call
+        unchanged-check: for many short reads (a patch's entries), where the caller checks the file
+        once (`check_unchanged`). As safe as `copy_range` against a file that shrinks meanwhile."""
+        hi = min(hi, info.end - info.begin)
+        if hi <= lo:
+            return b""
+        if hi - lo > _PREAD_MAX:
+            return self.copy_range(info, lo, hi).tobytes()
+        fd = self._fd
+        if fd is None:
+            self.buffer()  # opens and validates the descriptor
+            fd = self._fd
+        try:
+            data = os.pread(fd, hi - lo, self.header.data_start + info.begin + lo)
+        except (OSError, TypeError):  # descriptor closed meanwhile (TypeError: fd is None)
+            self._changed()
+        if len(data) != hi - lo:  # the file ends before the tensor does: it shrank under us
+            self._changed()
+        return data
 
     def buffer(self) -> mmap.mmap:
         """The whole file, mapped read-only (mapped on first use)."""

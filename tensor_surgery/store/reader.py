@@ -14,6 +14,7 @@ underneath them raises `ModelChanged` instead of killing the process with SIGBUS
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from .dtypes import decode_f4_at
 from .model import LONG_READ_BYTES, TensorRef
 
 Run = tuple[int, bytes]
+CHUNK_BYTES = 4 << 20  # whole-tensor passes (hashes, diffs) read this much at a time: cache-sized, reused
 
 
 class TensorReader:
@@ -96,6 +98,30 @@ class TensorReader:
 
     def base_bytes(self, offset: int, length: int) -> bytes:
         return self._base_range(offset, offset + length).tobytes()
+
+    def iter_bytes(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """The whole tensor's bytes (overlay applied), in order, as uint8 chunks of at most
+        `chunk_bytes`, each read with pread (a file that shrinks meanwhile raises `ModelChanged`).
+
+        One buffer is reused: a chunk is valid until the next is asked for (copy what you keep).
+        Hashing or comparing a tensor so holds one chunk in memory, never the whole tensor.
+        """
+        nbytes = self.ref.nbytes
+        buf = np.empty(min(chunk_bytes, nbytes), dtype=np.uint8)
+        for lo in range(0, nbytes, chunk_bytes):
+            hi = min(lo + chunk_bytes, nbytes)
+            out = self.ref.file.copy_range(self.ref, lo, hi, buf[: hi - lo])
+            for a, seg in self._segments_between(lo, hi):
+                s, e = max(a, lo), min(a + len(seg), hi)
+                out[s - lo : e - lo] = seg[s - a : e - a]
+            yield out
+
+    def sha256(self) -> str:
+        """Hex sha256 of the whole tensor's bytes (overlay applied), read chunk by chunk."""
+        h = hashlib.sha256()
+        for chunk in self.iter_bytes():
+            h.update(chunk)
+        return h.hexdigest()
 
     def _base_range(self, lo: int, hi: int) -> np.ndarray:
         """A copy of the base bytes [lo, hi): long ones with pread, short ones from the map."""

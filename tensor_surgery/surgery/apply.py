@@ -38,7 +38,7 @@ class StateReader:
         self.model = model
         self.maps: dict[str, ByteMap] = {}
         self._readers: dict[str, TensorReader] = {}
-        self._raw: dict = {}  # base bytes of untouched tensors: the file is checked once, not per read
+        self._base: dict = {}  # untouched tensors, read with pread: each file checked once, not per read
         for name, runs in (base_runs or {}).items():
             for off, data in runs:
                 self.write(name, off, data)
@@ -50,10 +50,14 @@ class StateReader:
     def __call__(self, name: str, off: int, length: int) -> bytes:
         bm = self.maps.get(name)
         if bm is None:
-            raw = self._raw.get(name)
-            if raw is None:
-                raw = self._raw[name] = self.model.tensor(name).raw()
-            return bytes(raw[off : off + length])
+            ref = self._base.get(name)
+            if ref is None:
+                ref = self.model.tensor(name)
+                ref.file.check_unchanged()
+                self._base[name] = ref
+            # pread, not the map: a file that shrinks during a long verification raises
+            # ModelChanged instead of killing the process with SIGBUS
+            return ref.file.pread(ref, off, off + length)
         r = self._readers.get(name)
         if r is None:
             r = self._readers[name] = TensorReader(self.model.tensor(name), bm.runs())

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InvalidRequest
-from ..store import Model
+from ..store import Model, TensorReader
 from . import hexpatch as hp
 from .library import fsync_path
 from .runs import changed_runs
@@ -64,12 +64,12 @@ def diff_models(a: Model, b: Model, out: str | os.PathLike, description: str = "
                 ta, tb = a.tensors[name], b.tensors[name]
                 sha.update(name.encode() + b"\0" + ta.dtype.name.encode() + b"\0"
                            + ",".join(map(str, ta.shape)).encode() + b"\0")
-                ra, rb = ta.raw(), tb.raw()
+                # pread chunk by chunk, not the map: a model file that shrinks meanwhile raises
+                # ModelChanged instead of killing the process with SIGBUS
                 pos = 0
-                while pos < len(ra):
+                for ca, cb in zip(TensorReader(ta).iter_bytes(CHUNK), TensorReader(tb).iter_bytes(CHUNK)):
                     # a run crossing a chunk edge becomes two adjacent entries: still exact
-                    end = min(pos + CHUNK, len(ra))
-                    ca, cb = ra[pos:end], rb[pos:end]
+                    end = pos + len(ca)
                     sha.update(ca)
                     for s, e in changed_runs(ca, cb, GAP):
                         entry = hp.PatchEntry(name, pos + s, ca[s:e].tobytes(), cb[s:e].tobytes(),

@@ -218,7 +218,7 @@ class Staging:
         if checksums:
             patch.base_model_checksum = self.model_checksum(model)
             patch.tensor_checksums = {
-                n: hp.tensor_checksum(model.tensor(n).raw()) for n in sorted({e.tensor_name for e in entries})
+                n: "sha256:" + TensorReader(model.tensor(n)).sha256() for n in sorted({e.tensor_name for e in entries})
             }
         return patch
 
@@ -235,9 +235,7 @@ class Staging:
             for name, expected in patch.tensor_checksums.items():
                 if name not in model.tensors:
                     continue
-                reader = self.reader(model, name)
-                actual = hp.tensor_checksum(reader.read_bytes(0, reader.ref.nbytes)) if reader.staged else \
-                    hp.tensor_checksum(model.tensor(name).raw())
+                actual = "sha256:" + self.reader(model, name).sha256()  # the staged state, chunk by chunk
                 if actual != expected:
                     conflicts.append(hp.ConflictItem(
                         "checksum", f"tensor_checksums[{name!r}] does not match its current bytes: the patch was "
