@@ -91,7 +91,8 @@ def tensor_slice(
 @router.get(
     "/tensor_stats/{tensor_name:tensor}",
     summary="Statistics of a whole tensor (cached) or of a slice",
-    description="min, max, mean, std, var, abs_max, l2_norm, sparsity, NaN/Inf counts and exact "
+    description="min, max, sum, mean, std, var, abs_max, l2_norm (integer dtypes: min, max, sum and "
+    "abs_max as exact integers), sparsity, NaN/Inf counts and exact "
     "percentiles. With slice parameters, of that slice only. " + SLICE_DOC,
 )
 def tensor_stats(
