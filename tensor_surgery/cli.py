@@ -322,6 +322,17 @@ def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, as_jso
          f"{result['patched_bytes']:,} patched bytes in {result['patched_tensors']} tensor(s), {result['seconds']} s")
 
 
+def _protected_folders() -> list[tuple[str, Path]]:
+    """What `--out` never replaces or holds: the server's folders, as the settings name them."""
+    try:
+        settings = Settings()
+        roots = settings.resolved_allowed_roots
+    except Exception:  # unreadable settings must not block an export the settings play no part in
+        return []
+    return [("DATA_DIR", settings.data_dir), ("PATCH_DIR", settings.patch_dir),
+            *(("an allowed root", r) for r in roots)]
+
+
 @patch.command("verify")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("patches", nargs=-1, required=True, type=click.Path(path_type=Path))
@@ -350,17 +361,6 @@ def patch_verify(model, patches, as_json) -> None:
 
 @patch.command("diff")
 @click.argument("model_a", type=click.Path(path_type=Path))
-def _protected_folders() -> list[tuple[str, Path]]:
-    """What `--out` never replaces or holds: the server's folders, as the settings name them."""
-    try:
-        settings = Settings()
-        roots = settings.resolved_allowed_roots
-    except Exception:  # unreadable settings must not block an export the settings play no part in
-        return []
-    return [("DATA_DIR", settings.data_dir), ("PATCH_DIR", settings.patch_dir),
-            *(("an allowed root", r) for r in roots)]
-
-
 @click.argument("model_b", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The .hexpatch to write.")
 @click.option("--description", default="", help="Why this patch exists.")

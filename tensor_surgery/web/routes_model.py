@@ -54,6 +54,7 @@ def open_model(body: OpenModelRequest, ws: WorkspaceDep) -> dict:
 def get_settings(settings: SettingsDep) -> dict:
     return {"settings": settings.describe()}
 
+
 # -- what the page's Open box offers, and what kind of model is open --------------------------------
 
 CONFIG_MAX_BYTES = 1 << 20  # a Hugging Face config.json is a few KB; a bigger one is not read
