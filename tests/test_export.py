@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from tensor_surgery.errors import InvalidRequest
+from tensor_surgery.errors import InvalidRequest, ModelChanged
 from tensor_surgery.store import open_model
 from tensor_surgery.surgery import writer
 from tensor_surgery.surgery.writer import NotAnExport, OutputExists, export_model, parse_size, plan_shards
@@ -357,6 +357,49 @@ def test_failed_export_leaves_nothing(hf_tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "copy_range", real)
 
 
+def change_source_mid_copy(monkeypatch, source: Path, how: str) -> list[int]:
+    """After the first chunk of the export's copy, shrink the source to its first 2 KiB of data, or
+    rewrite one of its bytes in place (same size, new mtime). Returns [calls so far]."""
+    calls = [0]
+    real = writer.start_writeback
+
+    def then_change(fd, offset, count):
+        real(fd, offset, count)
+        calls[0] += 1
+        if calls[0] == 1:
+            data_start = 8 + int.from_bytes(source.read_bytes()[:8], "little")
+            if how == "truncated":
+                os.truncate(source, data_start + 2048)
+            else:
+                with open(source, "r+b") as f:
+                    f.seek(data_start + 9000)
+                    b = f.read(1)
+                    f.seek(data_start + 9000)
+                    f.write(bytes([b[0] ^ 0xFF]))
+                os.utime(source, ns=(time.time_ns(), time.time_ns() + 10**9))  # mtime surely differs
+
+    monkeypatch.setattr(writer, "COPY_CHUNK", 1024)
+    monkeypatch.setattr(writer, "start_writeback", then_change)
+    return calls
+
+
+@pytest.mark.parametrize("how", ["truncated", "rewritten"])
+@pytest.mark.parametrize("reshard", [False, True])
+def test_source_changed_during_export_is_model_changed(hf_tiny, tmp_path, monkeypatch, how, reshard):
+    """A source file truncated or rewritten while it is copied: the same `model_changed` error as
+    every other read of a changed model (not a generic one), and no output left behind."""
+    with open_model(hf_tiny) as m:
+        assert m.nbytes > 9001  # the copy takes several chunks; the byte rewritten is past the first
+        calls = change_source_mid_copy(monkeypatch, hf_tiny, how)
+        with pytest.raises(ModelChanged) as e:
+            export_model(m, tmp_path / "exports" / "out", {NORM: [(0, b"\0" * 4)]},
+                         max_shard_bytes=parse_size("1GB") if reshard else None)
+    assert calls[0] >= 1
+    assert e.value.code == "model_changed" and e.value.exit_code == 1
+    assert e.value.context["file"] == str(hf_tiny) and "changed on disk" in e.value.message
+    assert list((tmp_path / "exports").iterdir()) == []
+
+
 # -- the API -------------------------------------------------------------------------------------
 
 
@@ -423,6 +466,19 @@ def test_api_export_job_with_staged_edits_and_patch(client, hf_tiny, tmp_path):
     r = client.post("/api/export", json={"out": str(out2), "patches": ["row5"], "include_staged": False})
     assert wait_job(client, r.json()["job"]["id"])["state"] == "done"
     assert out2.read_bytes() == expected_bytes(hf_tiny, {EMB: runs[EMB]})
+
+
+def test_api_export_job_of_a_source_truncated_mid_copy_fails_model_changed(client, hf_tiny, tmp_path, monkeypatch):
+    """The export job ends failed with the model_changed code and message, and reads refuse too."""
+    change_source_mid_copy(monkeypatch, hf_tiny, "truncated")
+    r = client.post("/api/export", json={"out": str(tmp_path / "exports" / "cut")})
+    assert r.status_code == 202, r.text
+    snap = wait_job(client, r.json()["job"]["id"])
+    assert snap["state"] == "error", snap
+    assert snap["error"]["code"] == "model_changed" and snap["error"]["file"] == str(hf_tiny), snap
+    assert "changed on disk" in snap["error"]["message"] and "reopen" in snap["error"]["message"], snap
+    assert not (tmp_path / "exports").exists() or list((tmp_path / "exports").iterdir()) == []
+    assert_error(client.get(f"/api/tensor_slice/{NORM}"), 409, "model_changed", "reopen")
 
 
 def test_api_export_progress_events(client, hf_tiny, tmp_path, monkeypatch):
@@ -635,7 +691,9 @@ def test_export_streams_smollm2(smol_dir, tmp_path, mode):
     src = smol_dir / "model.safetensors"
     assert header_of(out / "model.safetensors")[0] == header_of(src)[0]
     assert (out / "model.safetensors").stat().st_size == src.stat().st_size
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in smol_dir.iterdir())
+    # the source's files, and the export's marker
+    assert sorted(p.name for p in out.iterdir()) == sorted([".tensor-surgery-export.json",
+                                                            *(p.name for p in smol_dir.iterdir())])
 
 
 def test_api_export_refused_while_in_place_apply_is_pending(client, hf_tiny, tmp_path):

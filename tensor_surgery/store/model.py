@@ -174,6 +174,17 @@ class SafetensorsFile:
         self.check_unchanged()
         return out
 
+    def check_descriptor(self, fd: int) -> None:
+        """Refuse (`ModelChanged`) a descriptor that is not this file as it was validated: another
+        file now at the path, or this one truncated or rewritten since. Writers that copy from
+        their own descriptor check it when they open it and again when they are done."""
+        try:
+            same = _identity(os.fstat(fd)) == self.identity
+        except OSError:
+            same = False
+        if not same:
+            self._changed()
+
     def pread(self, info: TensorInfo, lo: int, hi: int) -> bytes:
         """Bytes [lo, hi) of one tensor (clipped to its end), with one pread(2) and no per-call
         unchanged-check: for many short reads (a patch's entries), where the caller checks the file

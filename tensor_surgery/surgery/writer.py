@@ -24,8 +24,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ..errors import InvalidRequest, SurgeryError
-from ..store import Model
+from ..errors import InvalidRequest, ModelChanged, SurgeryError
+from ..store import Model, SafetensorsFile
 from .leftovers import (
     MARKER_NAME,
     Writing,
@@ -91,8 +91,12 @@ def start_writeback(fd: int, offset: int, count: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, count, _SYNC_FILE_RANGE_WRITE)  # a hint: errors do not matter
 
 
-def copy_range(src: int, dst: int, src_off: int, dst_off: int, count: int, tick: Callable[[int], None] | None = None) -> None:
-    """Copy `count` bytes between file descriptors inside the kernel (falls back to pread/pwrite)."""
+def copy_range(src: int, dst: int, src_off: int, dst_off: int, count: int, tick: Callable[[int], None] | None = None,
+               source: SafetensorsFile | None = None) -> None:
+    """Copy `count` bytes between file descriptors inside the kernel (falls back to pread/pwrite).
+
+    A source that ends early shrank since it was validated: `source` (the file `src` reads) turns
+    that into its `ModelChanged`, the error every other read of a changed model gives."""
     while count > 0:
         n = min(count, COPY_CHUNK)
         try:
@@ -102,7 +106,11 @@ def copy_range(src: int, dst: int, src_off: int, dst_off: int, count: int, tick:
         if done <= 0:  # not supported here (or across file systems): plain reads and writes
             data = os.pread(src, min(n, FALLBACK_CHUNK), src_off)
             if not data:
-                raise SurgeryError(f"source ended early while copying (at byte {src_off})")
+                if source is not None:
+                    source.check_descriptor(src)  # raises ModelChanged: it is shorter than validated
+                raise ModelChanged(f"{source.path if source else 'the source'} ended at byte {src_off:,}, before the "
+                                   "bytes to copy: it changed on disk after it was opened; reopen the model and "
+                                   "export again", file=source.path if source else None)
             done = os.pwrite(dst, data, dst_off)
             del data  # before the next read: one chunk in memory, not two
         start_writeback(dst, dst_off, done)
@@ -111,6 +119,22 @@ def copy_range(src: int, dst: int, src_off: int, dst_off: int, count: int, tick:
         count -= done
         if tick:
             tick(done)
+
+
+def _open_source(f: SafetensorsFile) -> int:
+    """A descriptor of a model file to copy from, refused (`ModelChanged`) unless it is the file
+    that was validated: the path may name another one by now."""
+    try:
+        fd = os.open(f.path, os.O_RDONLY)
+    except OSError:
+        f.check_unchanged()  # gone or unreadable: raises ModelChanged
+        raise
+    try:
+        f.check_descriptor(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _write_runs(fd: int, base: int, runs: list[tuple[int, bytes]]) -> int:
@@ -275,11 +299,11 @@ def _write_same(model: Model, target: Path, runs: Runs, tick, single: bool = Fal
     for f in model.files:
         dst = target if single else target / os.path.basename(f.path)
         size = f.header.file_size
-        sfd = os.open(f.path, os.O_RDONLY)
+        sfd = _open_source(f)
         dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            f.check_unchanged()
-            copy_range(sfd, dfd, 0, 0, size, tick)
+            copy_range(sfd, dfd, 0, 0, size, tick, f)
+            f.check_descriptor(sfd)  # not truncated or rewritten while it was copied
             for name, info in f.tensors.items():
                 if runs.get(name):
                     _write_runs(dfd, f.data_start + info.begin, runs[name])
@@ -336,15 +360,17 @@ def _write_resharded(model: Model, target: Path, layout: list[list[str]], runs: 
                     ref = model.tensor(t)
                     f = ref.file
                     if f.path not in fds:
-                        f.check_unchanged()
-                        fds[f.path] = os.open(f.path, os.O_RDONLY)
-                    copy_range(fds[f.path], dfd, f.data_start + ref.info.begin, len(header) + begin, ref.nbytes, tick)
+                        fds[f.path] = _open_source(f)
+                    copy_range(fds[f.path], dfd, f.data_start + ref.info.begin, len(header) + begin, ref.nbytes, tick, f)
                     if runs.get(t):
                         _write_runs(dfd, len(header) + begin, runs[t])
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
             written.append(dst)
+        for f in model.files:  # none truncated or rewritten while it was copied
+            if f.path in fds:
+                f.check_descriptor(fds[f.path])
     finally:
         for fd in fds.values():
             os.close(fd)
