@@ -292,6 +292,54 @@ def test_tensor_listing_pages_and_encodings(client):
     assert_error(client.get("/api/tensors", params={"offset": -1}), 422)
 
 
+def _sparse_model(path, n: int):
+    """A real safetensors header of `n` small BF16 tensors over sparse zeros."""
+    import json
+    import struct
+
+    header = {f"model.layers.{i}.self_attn.q_proj.weight": {"dtype": "BF16", "shape": [4, 4],
+                                                           "data_offsets": [32 * i, 32 * i + 32]} for i in range(n)}
+    raw = json.dumps(header).encode()
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + 32 * n)
+    return set(header)
+
+
+REFUSE_GZIP = ["gzip;q=0", "gzip; q=0.000, deflate", "deflate, GZIP;Q=0", "*, gzip;q=0", "*;q=0",
+               "br, x-gzip;q=0", "identity", "gzip;q=nan"]
+
+
+@pytest.mark.parametrize("accept", REFUSE_GZIP + ["gzip;q=0.001", "*", "br;q=1, *;q=0.1", "x-gzip"])
+def test_tensor_listing_honours_gzip_refused_with_q0(tmp_path, accept):
+    """`Accept-Encoding: gzip;q=0` means "not gzip" (RFC 9110): the whole listing, streamed, and a
+    window of it (compressed by the middleware when large) are sent plain. The middleware once
+    looked only for the text "gzip" in the header."""
+    import gzip
+
+    from fastapi.testclient import TestClient
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL, make_settings
+
+    path = tmp_path / "many" / "model.safetensors"
+    names = _sparse_model(path, 300)
+    plain = accept in REFUSE_GZIP
+    with TestClient(create_app(make_settings(tmp_path, path, allowed_roots=[tmp_path])), base_url=BASE_URL) as c:
+        for params in ({}, {"offset": 0, "limit": 300}):
+            with c.stream("GET", "/api/tensors", params=params, headers={"Accept-Encoding": accept}) as r:
+                raw = b"".join(r.iter_raw())
+                encoding = r.headers.get("content-encoding")
+            assert r.status_code == 200
+            assert encoding == (None if plain else "gzip"), (params, r.headers)
+            body = raw if plain else gzip.decompress(raw)
+            assert len(body) > 8192  # over the middleware's minimum: it would have compressed it
+            assert {e["name"] for e in json_loads(body)} == names
+            assert "accept-encoding" in r.headers.get("vary", "").lower()
+
+
 def json_loads(raw: bytes):
     import json
 

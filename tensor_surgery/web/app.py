@@ -7,7 +7,6 @@ import secrets
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
@@ -22,6 +21,7 @@ from ..workspace import Workspace
 from ..live.service import LiveService
 from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
 from . import routes_recovery
+from .compression import NegotiatedGZipMiddleware
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
 
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=routes_pages.STATIC_DIR), name="static")
-    app.add_middleware(GZipMiddleware, minimum_size=8192)
+    app.add_middleware(NegotiatedGZipMiddleware, minimum_size=8192)
     # added last, so it runs first: nothing is answered before Host/Origin/token checks
     app.add_middleware(SecurityMiddleware, loopback_only=settings.is_loopback, token=token)
     return app

@@ -13,6 +13,7 @@ from ..store import slicing
 from ..store.rank import tensor_rank
 from ..store import stats as st
 from ..workspace import tensor_cache_key
+from .compression import accepts_gzip
 from .deps import FiniteFloatQuery, ModelDep, SettingsDep, ViewParam, WorkspaceDep
 
 router = APIRouter(prefix="/api", tags=["tensors"])
@@ -45,7 +46,8 @@ def slice_params(request: Request) -> dict[str, str]:
     description="A JSON list of `{name, shape, dtype, numel, nbytes, metadata_for_canvas: {layer_index, "
     "type_group, specific_type_key, canvas_x, canvas_y, expert_index, block}}`, in canvas order. "
     "By default the whole list; `offset` and `limit` give a window of it (the `X-Total-Count` header "
-    "says how many there are). Gzipped when the client accepts gzip.",
+    "says how many there are). Gzipped when the client's Accept-Encoding accepts gzip (q > 0: `gzip;q=0` "
+    "gets plain JSON).",
 )
 def list_tensors(
     request: Request, ws: WorkspaceDep, model: ModelDep,
@@ -54,7 +56,7 @@ def list_tensors(
 ) -> Response:
     listing = ws.tensor_listing(model)
     headers = {"X-Total-Count": str(listing.count)}
-    takes_gzip = _accepts_gzip(request.headers.get("accept-encoding", ""))
+    takes_gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
     if offset or limit is not None:  # a window: small, compressed (or not) by the GZip middleware
         return Response(listing.page(offset, limit), media_type="application/json", headers=headers)
     if takes_gzip:  # stored compressed: sent as it is (the GZip middleware leaves it alone)
@@ -63,21 +65,6 @@ def list_tensors(
     # inflated block by block as it is sent, never held whole (225 MB for a million tensors)
     return StreamingResponse(listing.iter_json(), media_type="application/json",
                              headers={**headers, "Content-Length": str(listing.json_size)})
-
-
-def _accepts_gzip(accept_encoding: str) -> bool:
-    """Whether `gzip` is acceptable (q > 0), per RFC 9110's Accept-Encoding."""
-    for item in accept_encoding.lower().split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip() in ("gzip", "x-gzip", "*"):
-            q = params.strip()
-            if q.startswith("q="):
-                try:
-                    return float(q[2:]) > 0
-                except ValueError:
-                    return False
-            return True
-    return False
 
 
 @router.get("/tensor_slice/{tensor_name:tensor}", summary="Values of a slice of a tensor", description=SLICE_DOC)
