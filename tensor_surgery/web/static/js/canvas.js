@@ -18,6 +18,7 @@
 // size mode, PageUp/PageDown jump a layer, Home/End go to the first/last tensor.
 
 import { api, tensorPath } from "./api.js";
+import { nameBand } from "./bands.js";
 import { cssVar, emit, fmtBytes, fmtNum, groupColor, on, savePrefs, select, setChildren, state } from "./state.js";
 import { drawSparkline, renderThumb } from "./thumbs.js";
 
@@ -918,8 +919,8 @@ function fitText(ctx, text, width) {
   return `${t}…`;
 }
 
-// One band per (stack, layer) of the server's grid, labelled as a reader would: "embed" for what
-// comes before the layers, L0..Ln, and "norm" / "head" for what comes after them.
+// One band per (stack, layer) of the server's grid, labelled as a reader would (bands.js: the
+// same names as Focus shows): "embed" for what comes before the layers, L0..Ln, "norm" / "head" after.
 function computeBands(items) {
   const byKey = new Map();
   items.forEach((it, i) => {
@@ -939,20 +940,7 @@ function computeBands(items) {
     // tensors outside the numbered layers have no "*" in their key; the server puts them after the
     // last layer (layer_index = the number of layers) or before the first (-1)
     const loose = b.items.every((i) => !(items[i].t.metadata_for_canvas.specific_type_key || "").includes("*"));
-    const prefix = b.block ? `${b.block.slice(0, 3)} ` : "";
-    if (b.layer < 0) {
-      b.kind = "pre";
-      b.label = prefix + (groups.has("embedding") ? "embed" : "pre");
-      b.where = "before the layers";
-    } else if (loose && b.layer === maxLayer.get(b.block)) {
-      b.kind = "post";
-      b.label = prefix + (groups.has("output_head") ? "head" : [...groups].every((g) => g === "norm") ? "norm" : "out");
-      b.where = "after the layers";
-    } else {
-      b.kind = "layer";
-      b.label = `${prefix}L${b.layer}`;
-      b.where = `layer ${b.layer}`;
-    }
+    Object.assign(b, nameBand({ block: b.block, layer: b.layer, groups, loose, last: b.layer === maxLayer.get(b.block) }));
   });
   return bands;
 }

@@ -8,6 +8,7 @@
 // read this module's state.
 
 import { api, tensorPath } from "./api.js";
+import { bandOf } from "./bands.js";
 import { PLOT_CONFIG, plotLayout, purge, react } from "./plot.js";
 import { defaultSlice as sliceFor, fullIndex as indexIn, sliceParams as paramsOf } from "./slicing.js";
 import { clearError, cssVar, el, emit, fmtBytes, fmtList, fmtNum, groupColor, on, setChildren, setView, showError, state } from "./state.js";
@@ -58,6 +59,13 @@ function reset(root) {
   emit("focus-tensor", null);
 }
 
+// The band the canvas draws the tensor in, by the same name: "L3", "embed (before the layers)",
+// "norm (after the layers)"; never the server's layer_index -1 or n_layers.
+function layerText(t) {
+  const b = bandOf(t, state.tensors);
+  return b.kind === "layer" ? b.label : `${b.label} (${b.where})`;
+}
+
 function redrawPlots() {
   if (!focus.tensor || !document.getElementById("heatmap")) return;
   loadHistogram(gen);
@@ -81,7 +89,7 @@ function show(root, name) {
       el("div", { class: "tensor-title", id: "focus-name", style: `border-left-color:${groupColor(m.type_group)}` }, t.name),
       el("dl", { class: "kv", id: "focus-facts" },
         ...kv("dtype", t.dtype), ...kv("shape", fmtList(t.shape)), ...kv("elements", fmtNum(t.numel)),
-        ...kv("bytes", `${fmtBytes(t.nbytes)} (${fmtNum(t.nbytes)})`), ...kv("layer", m.layer_index),
+        ...kv("bytes", `${fmtBytes(t.nbytes)} (${fmtNum(t.nbytes)})`), ...kv("layer", layerText(t)),
         ...kv("type", m.type_group + (m.expert_index !== null && m.expert_index !== undefined ? ` · expert ${m.expert_index}` : "")),
         ...kv("role", m.specific_type_key), el("dt", {}, "staged edits"),
         el("dd", { id: "focus-staged-count" }, String(state.staged.get(t.name) || 0)))),

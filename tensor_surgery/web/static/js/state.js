@@ -1,7 +1,7 @@
 // Shared page state and a tiny event bus: panels talk through events, not through each other.
 //
 // The contract: a panel imports only non-panel modules (state.js, api.js, plot.js, slicing.js,
-// model.js, schema.js); it learns about the rest of the page from the events below and asks for
+// bands.js, model.js, schema.js); it learns about the rest of the page from the events below and asks for
 // things by emitting them. `state` holds what every panel may read (the open model, its tensors,
 // the selection, staged counts, page preferences); it is written only through the functions here
 // (select, setView, setStaged, ...), which emit the matching event.
