@@ -9,7 +9,11 @@ LLM_API_KEY override them for OpenAI-compatible servers. Nothing else sets where
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +23,8 @@ from ..errors import SurgeryError
 from ..settings import Settings
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch a price list
+
+log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = 1.0  # first wait before a retry; doubles each time
 MAX_BACKOFF_S = 20.0
@@ -86,25 +92,29 @@ def load_provider_env(path: str | os.PathLike = ".env") -> None:
     _ENV_LOADED.add(real)
 
 
-def llm_status(settings: Settings) -> dict:
-    """What the UI says about the LLM: configured or not, and why not. Never the key or its value."""
+def llm_status(settings: Settings, *, check_keys: bool | None = None) -> dict:
+    """What the UI says about the LLM: configured or not, and why not. Never the key or its value.
+
+    Static: it never imports litellm (a 3 s import on an idle machine, 30 s on a loaded one, and
+    the page lists the agent's tools with it). Whether the provider's key variable is missing is
+    litellm's knowledge, so that warning comes with `check_keys=True` (which imports it), or by
+    default once litellm is loaded (`warm_up` loads it in the background when the server starts).
+    """
     if not settings.llm_model:
         return {"configured": False, "model": None,
                 "message": "No LLM is configured. Set LLM_MODEL (and the provider's key, e.g. OPENAI_API_KEY) "
                            "in .env and restart to ask questions in plain language. The tools below work now."}
-    try:
-        import litellm  # noqa: F401
-    except ImportError:
+    if "litellm" not in sys.modules and importlib.util.find_spec("litellm") is None:
         return {"configured": False, "model": settings.llm_model,
                 "message": f"LLM_MODEL is {settings.llm_model}, but litellm is not installed: "
                            "pip install -e '.[agent]' and restart."}
     config = LLMConfig.from_settings(settings)
+    if check_keys is None:
+        check_keys = _litellm_loaded()
     missing = []
-    if not config.api_key:
+    if not config.api_key and check_keys:
         try:
-            import litellm
-
-            env = litellm.validate_environment(model=config.model, api_base=config.api_base)
+            env = _litellm().validate_environment(model=config.model, api_base=config.api_base)
             missing = list(env.get("missing_keys") or [])
         except Exception:  # an unknown provider: the call itself will say what is wrong
             missing = []
@@ -113,6 +123,36 @@ def llm_status(settings: Settings) -> dict:
     if missing:
         status["warning"] = f"{', '.join(missing)} is not set: the provider will likely refuse the requests"
     return status
+
+
+_WARM: threading.Thread | None = None
+_WARMED = threading.Event()  # set when litellm (and what a call with tools imports) is loaded
+
+
+def _litellm_loaded() -> bool:
+    """Whether litellm is imported completely (not still being imported by another thread)."""
+    mod = sys.modules.get("litellm")
+    return _WARMED.is_set() or (mod is not None and not getattr(mod.__spec__, "_initializing", False))
+
+
+def warm_up(settings: Settings) -> threading.Thread | None:
+    """With an LLM configured, import litellm in a background thread, once per process, so that
+    the first question does not wait for it. Returns the thread (None: nothing to load)."""
+    global _WARM
+    if not settings.llm_model or _WARMED.is_set() or importlib.util.find_spec("litellm") is None:
+        return None
+    if _WARM is None:
+        def load() -> None:
+            try:
+                _litellm()
+                _mcp_workaround()
+                _WARMED.set()
+            except Exception:  # the question will say what is wrong, with what to do
+                log.warning("loading litellm in the background failed", exc_info=True)
+
+        _WARM = threading.Thread(target=load, name="warm-litellm", daemon=True)
+        _WARM.start()
+    return _WARM
 
 
 def _litellm():

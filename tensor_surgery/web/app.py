@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..agent.llm import warm_up
 from ..agent.session import Investigator
 from ..agent.store import ConversationStore
 from ..jobs import JobRunner
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         workspace.open_default()
         routes_export.clean_leftovers_at_start(settings, workspace, app.state.jobs)
+        warm_up(settings)  # the agent's LLM client loads in the background: the first question need not wait
         yield
         app.state.live.close()
         workspace.close()
