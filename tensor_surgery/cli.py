@@ -352,6 +352,10 @@ def patch_verify(model, patches, as_json) -> None:
         emit({"ok": ok, "patches": report}, True)
     else:
         for r in report:
+            if r["already_applied"]:
+                click.echo(f"{r['patch']}: already applied: the model holds every entry's new bytes "
+                           f"({r['entries']} entries); applying it again would change nothing")
+                continue
             state = "applies cleanly" if r["ok"] else f"{len(r['conflicts'])} conflict(s)"
             click.echo(f"{r['patch']}: {state} ({r['entries']} entries)")
             for c in r["conflicts"]:

@@ -162,6 +162,31 @@ def test_verify_clean_and_conflicts(run, hf_tiny, patch_file, tmp_path):
     assert (hf_tiny.parent / "model.safetensors").read_bytes() == hf_tiny.read_bytes()
 
 
+def test_verify_says_already_applied(run, hf_tiny, patch_file, tmp_path):
+    # the same patch twice, in order: the second finds every range holding its new bytes
+    r = run("patch", "verify", hf_tiny, patch_file, patch_file)
+    lines = r.stdout.strip().splitlines()
+    assert r.exit_code == 1 and lines[0].endswith("applies cleanly (4 entries)"), lines
+    assert "already applied" in lines[1] and len(lines) == 2, lines  # no hex dumps
+    out = json.loads(run("patch", "verify", hf_tiny, patch_file, patch_file, "--json").stdout)
+    assert [p["already_applied"] for p in out["patches"]] == [False, True]
+    # on a model that was patched with it (checked on the raw file bytes first)
+    out_model = tmp_path / "patched.safetensors"
+    assert run("patch", "apply", hf_tiny, patch_file, "--out", out_model).exit_code == 0
+    entries = hp.loads(patch_file.read_bytes()).entries
+    head, meta = header_of(out_model)
+    data = out_model.read_bytes()
+    for e in entries:  # the oracle: the patched file holds new_hex at every entry
+        start = len(head) + meta[e.tensor_name]["data_offsets"][0] + e.offset_bytes
+        assert data[start:start + len(e.new)] == e.new
+    r = run("patch", "verify", out_model, patch_file)
+    assert r.exit_code == 1 and "already applied" in r.stdout, r.stdout
+    # a patch that conflicts for another reason is not called applied
+    bad = bad_patch(hf_tiny, tmp_path / "p" / "bad.hexpatch")
+    out = json.loads(run("patch", "verify", hf_tiny, bad, "--json").stdout)
+    assert out["patches"][0]["already_applied"] is False
+
+
 def test_verify_checks_base_model_checksum(run, hf_tiny, tmp_path):
     with open_model(hf_tiny) as m:
         real = hp.model_checksum(m)

@@ -81,12 +81,15 @@ def verify_patches(
         conflicts = hp.find_conflicts(
             patch, model, state, model_checksum_fn=None if state.changed else checksum_fn
         )
+        # a patch whose every range already holds its new bytes conflicts entry by entry, but was
+        # simply applied already: say so instead of listing hex dumps
+        applied = bool(conflicts) and hp.is_applied(patch, model, state)
         bad = {c.entry for c in conflicts if c.entry is not None}
         for i, e in enumerate(patch.entries):
             if i not in bad and e.tensor_name in model.tensors and e.end <= model.tensors[e.tensor_name].nbytes:
                 state.write(e.tensor_name, e.offset_bytes, e.new)
         report.append({"patch": source, "entries": len(patch.entries), "ok": not conflicts,
-                       "conflicts": [c.to_json() for c in conflicts]})
+                       "already_applied": applied, "conflicts": [c.to_json() for c in conflicts]})
     return state, report
 
 
