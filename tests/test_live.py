@@ -300,9 +300,16 @@ def test_edits_reach_the_parameters_bit_exactly_and_revert_restores_them(lc):
     assert sha(live_bytes(lc, DOWN)) == original[DOWN]
     assert live_bytes(lc, EMB) == staged_bytes(lc, EMB) and sha(live_bytes(lc, EMB)) != original[EMB]
 
+    # undo takes back the revert (an undoable step): the scaled block is live again
+    edited_down = staged_bytes(lc, DOWN)  # before the undo: the file's bytes
+    assert lc.post("/api/edits/undo").json()["undone"]["id"] == e2
+    barrier(live)
+    assert live_bytes(lc, DOWN) == staged_bytes(lc, DOWN) != edited_down
+    # undo again takes back the newest staged step (e2 itself), then e1
+    assert lc.post("/api/edits/undo").json()["undone"]["id"] == e2
     assert lc.post("/api/edits/undo").json()["undone"]["id"] == e1
     barrier(live)
-    assert sha(live_bytes(lc, EMB)) == original[EMB]
+    assert sha(live_bytes(lc, EMB)) == original[EMB] and sha(live_bytes(lc, DOWN)) == original[DOWN]
 
     # redo puts it back; turning the edit off in the live view takes it out again
     assert lc.post("/api/edits/redo").status_code == 200

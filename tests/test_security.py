@@ -231,6 +231,7 @@ def _raw_get(app, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict]:
     duplicates before they reach the wire; a raw socket does not)."""
     import asyncio
     import json
+    import threading
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
              "scheme": "http", "path": "/api/model", "raw_path": b"/api/model", "query_string": b"",
@@ -243,7 +244,11 @@ def _raw_get(app, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict]:
     async def send(message):
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    # in a thread of its own: a test before this one may have left an event loop running in this
+    # thread (Playwright's sync API does), and asyncio.run refuses to nest
+    worker = threading.Thread(target=lambda: asyncio.run(app(scope, receive, send)))
+    worker.start()
+    worker.join()
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], json.loads(body)
 
