@@ -27,7 +27,7 @@ from ..errors import Conflict, SurgeryError
 from ..store import Model, TensorReader, open_model
 from . import hexpatch as hp
 from .leftovers import INTENT_FORMAT, INTENT_NAME, Writing, clean_in_place_leftovers
-from .library import fsync_path
+from .library import atomic_write, fsync_path
 from .runs import ByteMap
 
 
@@ -140,16 +140,7 @@ def _journal_write(path: Path, data: bytes) -> None:
     (`.<name>.tensor-surgery-<pid>-<tag>.tmp`), so that one left by a kill can be cleaned."""
     tmp = path.with_name(f".{path.name}.tensor-surgery-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
     with Writing(tmp):
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_path(path.parent)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(path, data, tmp)
 
 
 def _unused_name(folder: Path, stem: str, suffix: str) -> Path:

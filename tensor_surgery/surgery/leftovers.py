@@ -20,7 +20,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from .library import fsync_path
+from .library import atomic_write, fsync_path
 
 MARKER_NAME = ".tensor-surgery-export.json"  # inside every export folder (and every partial one)
 MARKER_FORMAT = "tensor-surgery-export"
@@ -143,17 +143,7 @@ def read_marker(path: Path) -> dict | None:
 def write_marker(path: Path, obj: dict) -> None:
     """Written under a temporary name, fsynced and renamed, like every file we rely on."""
     data = json.dumps({"format": MARKER_FORMAT, "version": 1, **obj}, indent=1).encode()
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, data, path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp"))
 
 
 def sidecar_path(out: Path) -> Path:

@@ -42,9 +42,16 @@ def patch_filename(name: str) -> str:
     return base + SUFFIX
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, tmp: Path | None = None) -> None:
+    """Write `data` to `path` so that a kill leaves the old file or the new one: written under a
+    temporary name in the same folder (`tmp`, or a random `.<name>.XXXXXXXX.tmp`), fsynced, renamed
+    over `path`, and the folder fsynced. `tmp` lets a caller choose a name its cleaner recognises."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if tmp is None:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+    else:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -53,10 +60,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
         fsync_path(path.parent)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
 
 
