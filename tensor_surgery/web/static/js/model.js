@@ -44,17 +44,7 @@ export async function loadModel() {
 export async function openModel(path) {
   const leaving = state.model;
   const stagedCount = editCount;
-  emit("model-switching", { path });
-  // panels stop asking about the old model's tensors (state.switching); wait for what is in flight
-  state.switching = true;
-  let opened;
-  try {
-    await settled();
-    opened = await api("/api/model", { method: "POST", body: { path } });
-    await loadModel();
-  } finally {
-    state.switching = false;
-  }
+  const opened = await replacingModel(path, () => api("/api/model", { method: "POST", body: { path } }));
   if (leaving && leaving.path !== opened.path && stagedCount) {
     emit("notice", {
       kind: "warn",
@@ -62,4 +52,21 @@ export async function openModel(path) {
     });
   }
   return opened;
+}
+
+// Run `change`, a request after which the open model is another one or its bytes are rewritten
+// (opening another model, recovering this one in place), with the panels quiet: they hear
+// "model-switching" and stop asking about the old tensors (state.switching), what is in flight
+// settles first (a read racing the rewrite would be refused), and the page reloads the model after.
+export async function replacingModel(path, change) {
+  emit("model-switching", { path });
+  state.switching = true;
+  try {
+    await settled();
+    const result = await change();
+    await loadModel();
+    return result;
+  } finally {
+    state.switching = false;
+  }
 }

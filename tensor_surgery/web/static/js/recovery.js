@@ -3,8 +3,8 @@
 // two ways out, each one POST /api/model/recover (`patch recover [--rollback]` on the command line).
 
 import { api } from "./api.js";
-import { loadModel } from "./model.js";
-import { el, emit, on, setChildren, showError } from "./state.js";
+import { replacingModel } from "./model.js";
+import { el, emit, on, setChildren, showError, state } from "./state.js";
 
 export function initRecovery() {
   const banner = document.getElementById("recovery-banner");
@@ -25,11 +25,13 @@ function render(banner, info) {
     buttons.forEach((b) => { b.disabled = true; });
     status.textContent = rollback ? "rolling back…" : "finishing…";
     try {
-      const r = await api("/api/model/recover", { method: "POST", body: { rollback } });
+      // the server rewrites the model's bytes and reopens it: panels stop reading it meanwhile,
+      // then reload it; the "model" event that follows hides the banner
+      const r = await replacingModel(state.model.path,
+        () => api("/api/model/recover", { method: "POST", body: { rollback } }));
       const text = r.recovered
         ? `${rollback ? "Rolled back" : "Finished"} the interrupted in-place apply (${r.entries} entries rewritten).`
         : "Nothing to recover any more.";
-      await loadModel(); // the server reopened the model; the "model" event that follows hides the banner
       emit("notice", { kind: "ok", text });
     } catch (e) {
       status.textContent = "";

@@ -9,7 +9,7 @@
 // Every event on the bus, with what it carries. `on`/`emit` of a name not listed here is a bug:
 // it is reported on the console (so browser tests fail on it) instead of silently going nowhere.
 export const EVENTS = Object.freeze({
-  "model-switching": "another model is about to be opened ({path}); panels drop work for the old one",
+  "model-switching": "another model is about to be opened, or this one rewritten by a recovery ({path}); panels drop work for the old one",
   model: "the open model changed or was (re)loaded: state.model; every panel resets",
   tensors: "state.tensors / state.byName were replaced (after model)",
   select: "a tensor was selected (name); state.selected",
