@@ -21,6 +21,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -95,23 +97,50 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-@pytest.fixture
-def server(tmp_path, smol_dir):
-    """`tensor-surgery serve` on a free port; DATA_DIR and PATCH_DIR in tmp_path. Yields the base URL."""
-    env = {k: v for k, v in os.environ.items() if k not in {"LLM_MODEL", "DATABASE_URL", "AUTH_TOKEN", "HOST"}}
-    env |= {
-        "MODEL_PATH": str(smol_dir),
-        "DATA_DIR": str(tmp_path / "data"),
-        "PATCH_DIR": str(tmp_path / "patches"),
-        "ALLOWED_ROOTS": f"{smol_dir},{tmp_path}",
-        "HF_HUB_OFFLINE": "1",
-    }
-    # cwd=tmp_path: no developer .env is read
-    proc, base = start_server(env, tmp_path, tmp_path / "server.log")
+SERVER_SETTINGS = {"LLM_MODEL", "DATABASE_URL", "AUTH_TOKEN", "HOST"}  # never inherited by a test server
+
+
+def server_env(model: Path, tmp: Path, drop: set[str] = frozenset(), **settings: str) -> dict:
+    """The environment of a test server on `model`: ours without the settings a developer may have
+    exported (and `drop`), DATA_DIR and PATCH_DIR in `tmp`, then `settings` (e.g. ALLOWED_ROOTS)."""
+    env = {k: v for k, v in os.environ.items() if k not in SERVER_SETTINGS | set(drop)}
+    return env | {"MODEL_PATH": str(model), "DATA_DIR": str(tmp / "data"), "PATCH_DIR": str(tmp / "patches"),
+                  "HF_HUB_OFFLINE": "1", **settings}
+
+
+@contextmanager
+def serving(env: dict, tmp: Path) -> Iterator[str]:
+    """`tensor-surgery serve` with `env` in `tmp` (cwd: so no developer .env is read); yields its URL."""
+    proc, base = start_server(env, tmp, tmp / "server.log")
     try:
         yield base
     finally:
         stop_server(proc)
+
+
+@contextmanager
+def guarded_page(browser, base: str, tmp_path: Path, viewport: dict | None = None) -> Iterator[UI]:
+    """A fresh browser context and page on `base`, watched by a PageGuard that fails the test on any
+    console error, page error or request to another address; the page is not opened yet."""
+    context = browser.new_context(viewport=viewport or {"width": 1440, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    guard = PageGuard(base)
+    page.on("console", guard.on_console)
+    page.on("pageerror", guard.on_pageerror)
+    page.on("request", guard.on_request)
+    try:
+        yield UI(page, base, guard, tmp_path)
+    finally:
+        context.close()
+    guard.assert_clean()
+
+
+@pytest.fixture
+def server(tmp_path, smol_dir):
+    """`tensor-surgery serve` on a free port; DATA_DIR and PATCH_DIR in tmp_path. Yields the base URL."""
+    with serving(server_env(smol_dir, tmp_path, ALLOWED_ROOTS=f"{smol_dir},{tmp_path}"), tmp_path) as base:
+        yield base
 
 
 def api_get(base: str, path: str, **params) -> dict:
@@ -295,16 +324,8 @@ class UI:
 
 @pytest.fixture
 def ui(browser, server, tmp_path):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    guard = PageGuard(server)
-    page.on("console", guard.on_console)
-    page.on("pageerror", guard.on_pageerror)
-    page.on("request", guard.on_request)
-    yield UI(page, server, guard, tmp_path)
-    context.close()
-    guard.assert_clean()
+    with guarded_page(browser, server, tmp_path) as u:
+        yield u
 
 
 def css_rgb(page, var: str) -> list[int]:

@@ -11,12 +11,11 @@ Run: pytest -m browser tests/test_browser_canvas.py
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 
-from .test_browser import CHROMIUM, TIMEOUT_MS, UI, PageGuard, api_get, browser, start_server, stop_server  # noqa: F401
+from .test_browser import CHROMIUM, api_get, browser, guarded_page, server_env, serving  # noqa: F401
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -29,30 +28,15 @@ VIEWPORT = {"width": 1600, "height": 900}  # the canvas is 1120 px wide, as in t
 @pytest.fixture(scope="module")
 def canvas_server(tmp_path_factory, smol_dir):
     tmp = tmp_path_factory.mktemp("canvas")
-    env = {k: v for k, v in os.environ.items() if k not in {"LLM_MODEL", "DATABASE_URL", "AUTH_TOKEN", "HOST"}}
-    env |= {"MODEL_PATH": str(smol_dir), "DATA_DIR": str(tmp / "data"), "PATCH_DIR": str(tmp / "patches"),
-            "ALLOWED_ROOTS": f"{smol_dir},{tmp}", "HF_HUB_OFFLINE": "1"}
-    proc, base = start_server(env, tmp, tmp / "server.log")
-    try:
+    with serving(server_env(smol_dir, tmp, ALLOWED_ROOTS=f"{smol_dir},{tmp}"), tmp) as base:
         yield base
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture
 def ui(browser, canvas_server, tmp_path):
-    context = browser.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    guard = PageGuard(canvas_server)
-    page.on("console", guard.on_console)
-    page.on("pageerror", guard.on_pageerror)
-    page.on("request", guard.on_request)
-    u = UI(page, canvas_server, guard, tmp_path)
-    u.open()
-    yield u
-    context.close()
-    guard.assert_clean()
+    with guarded_page(browser, canvas_server, tmp_path, VIEWPORT) as u:
+        u.open()
+        yield u
 
 
 @pytest.fixture(scope="module")

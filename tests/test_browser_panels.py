@@ -13,14 +13,13 @@ Run: pytest -m browser tests/test_browser_panels.py
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from .test_browser import (  # noqa: F401 (fixtures)
-    CHROMIUM, TIMEOUT_MS, UI, PageGuard, api_get, browser, start_server, stop_server, tensor_path,
+    CHROMIUM, api_get, browser, guarded_page, server_env, serving, tensor_path,
 )
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -43,33 +42,16 @@ def api_post(base: str, path: str, body: dict | None = None) -> dict:
 @pytest.fixture
 def default_server(tmp_path, smol_dir):
     """`tensor-surgery serve` on the SmolLM2 demo model with default ALLOWED_ROOTS."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"LLM_MODEL", "DATABASE_URL", "AUTH_TOKEN", "HOST", "ALLOWED_ROOTS"}}
-    env |= {"MODEL_PATH": str(smol_dir), "DATA_DIR": str(tmp_path / "data"),
-            "PATCH_DIR": str(tmp_path / "patches"), "HF_HUB_OFFLINE": "1"}
-    proc, base = start_server(env, tmp_path, tmp_path / "server.log")
-    try:
+    with serving(server_env(smol_dir, tmp_path, drop={"ALLOWED_ROOTS"}), tmp_path) as base:
         yield base
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture
 def ui(browser, default_server, tmp_path):
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    guard = PageGuard(default_server)
-    page.on("console", guard.on_console)
-    page.on("pageerror", guard.on_pageerror)
-    page.on("request", guard.on_request)
-    failed: list[str] = []  # every 4xx/5xx answer the page got, whether or not it logs one
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-    u = UI(page, default_server, guard, tmp_path)
-    u.failed = failed
-    yield u
-    context.close()
-    guard.assert_clean()
+    with guarded_page(browser, default_server, tmp_path) as u:
+        u.failed = []  # every 4xx/5xx answer the page got, whether or not it logs one
+        u.page.on("response", lambda r: u.failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        yield u
 
 
 def select_tensor(ui, name: str) -> None:

@@ -8,12 +8,11 @@ Run: pytest -m browser tests/test_browser_recovery.py
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from .test_browser import CHROMIUM, TIMEOUT_MS, UI, PageGuard, browser, start_server, stop_server  # noqa: F401
+from .test_browser import CHROMIUM, browser, guarded_page, server_env, serving  # noqa: F401
 from .test_recovery import _expected, _interrupted
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -25,23 +24,9 @@ pytestmark = [pytest.mark.browser,
 @pytest.fixture
 def torn_ui(browser, tmp_path, monkeypatch):  # noqa: F811 (the fixture imported above)
     model, original, patch = _interrupted(tmp_path, monkeypatch)
-    env = {k: v for k, v in os.environ.items() if k not in {"LLM_MODEL", "DATABASE_URL", "AUTH_TOKEN", "HOST"}}
-    env |= {"MODEL_PATH": str(model), "DATA_DIR": str(tmp_path / "data"), "PATCH_DIR": str(tmp_path / "patches"),
-            "ALLOWED_ROOTS": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    proc, base = start_server(env, tmp_path, tmp_path / "server.log")
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    guard = PageGuard(base)
-    page.on("console", guard.on_console)
-    page.on("pageerror", guard.on_pageerror)
-    page.on("request", guard.on_request)
-    try:
-        yield UI(page, base, guard, tmp_path), model, original, patch
-    finally:
-        context.close()
-        stop_server(proc)
-    guard.assert_clean()
+    with serving(server_env(model, tmp_path, ALLOWED_ROOTS=str(tmp_path)), tmp_path) as base:
+        with guarded_page(browser, base, tmp_path) as u:
+            yield u, model, original, patch
 
 
 @pytest.mark.parametrize("choice", ["finish", "rollback"])

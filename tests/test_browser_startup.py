@@ -10,12 +10,11 @@ Run: pytest -m browser tests/test_browser_startup.py
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from .test_browser import CHROMIUM, TIMEOUT_MS, UI, PageGuard, browser, start_server, stop_server  # noqa: F401
+from .test_browser import CHROMIUM, browser, guarded_page, server_env, serving  # noqa: F401
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -37,29 +36,15 @@ TIMINGS = """() => {
 @pytest.fixture(scope="module")
 def startup_server(tmp_path_factory, smol_dir):
     tmp = tmp_path_factory.mktemp("startup")
-    env = {k: v for k, v in os.environ.items() if k not in {"LLM_MODEL", "DATABASE_URL", "AUTH_TOKEN", "HOST"}}
-    env |= {"MODEL_PATH": str(smol_dir), "DATA_DIR": str(tmp / "data"), "PATCH_DIR": str(tmp / "patches"),
-            "ALLOWED_ROOTS": f"{smol_dir},{tmp}", "HF_HUB_OFFLINE": "1"}
-    proc, base = start_server(env, tmp, tmp / "server.log")
-    try:
+    with serving(server_env(smol_dir, tmp, ALLOWED_ROOTS=f"{smol_dir},{tmp}"), tmp) as base:
         yield base
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture
 def ui(browser, startup_server, tmp_path):
     """A fresh context (no cache, no code cache) whose page is not opened yet."""
-    context = browser.new_context(viewport={"width": 1600, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    guard = PageGuard(startup_server)
-    page.on("console", guard.on_console)
-    page.on("pageerror", guard.on_pageerror)
-    page.on("request", guard.on_request)
-    yield UI(page, startup_server, guard, tmp_path)
-    context.close()
-    guard.assert_clean()
+    with guarded_page(browser, startup_server, tmp_path, {"width": 1600, "height": 900}) as u:
+        yield u
 
 
 def test_listing_is_asked_for_before_plotly_and_plotly_comes_after_the_first_frame(ui):
