@@ -18,7 +18,7 @@
 // size mode, PageUp/PageDown jump a layer, Home/End go to the first/last tensor.
 
 import { api, tensorPath } from "./api.js";
-import { nameBand } from "./bands.js";
+import { bandOf } from "./bands.js";
 import { cssVar, emit, fmtBytes, fmtNum, groupColor, on, savePrefs, select, setChildren, state } from "./state.js";
 import { drawSparkline, renderThumb } from "./thumbs.js";
 
@@ -103,7 +103,7 @@ export class TensorCanvas {
     });
     this.gridW = gridW;
     this.indexOf = new Map(this.items.map((it, i) => [it.t.name, i]));
-    this.bands = computeBands(this.items);
+    this.bands = computeBands(this.items, tensors);
     this.thumbs.clear();
     this.cursor = -1;
     this.cursorShown = false;
@@ -919,9 +919,9 @@ function fitText(ctx, text, width) {
   return `${t}…`;
 }
 
-// One band per (stack, layer) of the server's grid, labelled as a reader would (bands.js: the
-// same names as Focus shows): "embed" for what comes before the layers, L0..Ln, "norm" / "head" after.
-function computeBands(items) {
+// One band per (stack, layer) of the server's grid, named by bands.js (the same names, and the same
+// cached work, as Focus's "layer"): "embed" before the layers, L0..Ln, "norm" / "head" after them.
+function computeBands(items, tensors) {
   const byKey = new Map();
   items.forEach((it, i) => {
     const m = it.t.metadata_for_canvas;
@@ -932,15 +932,9 @@ function computeBands(items) {
     b.items.push(i);
   });
   const bands = [...byKey.values()].sort((a, b) => a.gy0 - b.gy0);
-  const maxLayer = new Map();
-  for (const b of bands) maxLayer.set(b.block, Math.max(maxLayer.get(b.block) ?? -Infinity, b.layer));
   bands.forEach((b, bi) => {
     for (const i of b.items) items[i].band = bi;
-    const groups = new Set(b.items.map((i) => items[i].group));
-    // tensors outside the numbered layers have no "*" in their key; the server puts them after the
-    // last layer (layer_index = the number of layers) or before the first (-1)
-    const loose = b.items.every((i) => !(items[i].t.metadata_for_canvas.specific_type_key || "").includes("*"));
-    Object.assign(b, nameBand({ block: b.block, layer: b.layer, groups, loose, last: b.layer === maxLayer.get(b.block) }));
+    Object.assign(b, bandOf(items[b.items[0]].t, tensors));
   });
   return bands;
 }
