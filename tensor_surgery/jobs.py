@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import SurgeryError
 from .surgery.leftovers import process_token, writer_alive
+from .surgery.library import atomic_write
 
 MIN_EVENT_INTERVAL = 0.1  # seconds between progress events: enough for a bar, cheap for a page
 PERSIST_INTERVAL = 2.0  # seconds between progress writes to disk: what an interruption reports
@@ -126,18 +127,10 @@ class JobRunner:
         with job._cond:
             record = {**job.snapshot(), "meta": job.meta, "writer": process_token()}
         data = json.dumps(record, default=str).encode()
-        path = self._record_path(job)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write(self._record_path(job), data, durable=durable)
         except OSError as e:  # a full or read-only disk must not fail the job itself
             log.warning("could not record job %s: %s", job.id, e)
-            tmp.unlink(missing_ok=True)
 
     def _load(self) -> None:
         jobs = []

@@ -42,10 +42,12 @@ def patch_filename(name: str) -> str:
     return base + SUFFIX
 
 
-def atomic_write(path: Path, data: bytes, tmp: Path | None = None) -> None:
+def atomic_write(path: Path, data: bytes, tmp: Path | None = None, *, durable: bool = True) -> None:
     """Write `data` to `path` so that a kill leaves the old file or the new one: written under a
     temporary name in the same folder (`tmp`, or a random `.<name>.XXXXXXXX.tmp`), fsynced, renamed
-    over `path`, and the folder fsynced. `tmp` lets a caller choose a name its cleaner recognises."""
+    over `path`, and the folder fsynced. `tmp` lets a caller choose a name its cleaner recognises.
+    `durable=False` skips both fsyncs (still atomic for a kill, not for a power cut): for frequent
+    rewrites whose loss costs little, such as a job's progress."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if tmp is None:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -55,10 +57,12 @@ def atomic_write(path: Path, data: bytes, tmp: Path | None = None) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_path(path.parent)
+        if durable:
+            fsync_path(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
