@@ -940,11 +940,7 @@ function computeBands(items, tensors) {
 }
 
 function rgbaOf(color, alpha = 1) {
-  const c = document.createElement("canvas").getContext("2d");
-  c.fillStyle = color;
-  const hex = c.fillStyle; // normalised to #rrggbb
-  const n = parseInt(hex.slice(1), 16);
-  const r = (n >> 16) & 255, g = (n >> 8) & 255, b = n & 255;
+  const [r, g, b] = hexToRgb(color);
   const bg = rgbaCache.bg || (rgbaCache.bg = hexToRgb(cssVar("--canvas-bg")));
   const mix = (v, w) => Math.round(v * alpha + w * (1 - alpha));
   return ((255 << 24) | (mix(b, bg[2]) << 16) | (mix(g, bg[1]) << 8) | mix(r, bg[0])) >>> 0; // little-endian RGBA
@@ -954,6 +950,7 @@ export function resetColorCache() {
   delete rgbaCache.bg;
 }
 
+// any CSS colour, normalised by a canvas context to #rrggbb, as [r, g, b]
 function hexToRgb(color) {
   const c = document.createElement("canvas").getContext("2d");
   c.fillStyle = color;
