@@ -25,7 +25,7 @@ export const EVENTS = Object.freeze({
   "overview-loaded": "Focus drew the block-averaged overview",
   "cell-selected": "heatmap cell/rectangle picked: {tensor, r0, r1, c0, c1, value, index, params, slice}",
   "preview-edit": "please preview this edit request body (the editor shows it with its Stage button)",
-  "edit-staged": "an edit was staged from the page ({edit}): the Focus labels re-read",
+  "edit-staged": "an edit was staged from the page ({edit}); what it changed reaches panels through edits-changed, then staged",
   "edits-changed": "staged edits changed on the server (tensor names, or nothing): the edit list re-reads",
   edits: "the staged-edit listing was re-read: {edits, undone, staged_tensors}",
   staged: "tensors whose staged-edit count changed (names); state.staged",
