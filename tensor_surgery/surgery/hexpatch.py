@@ -367,8 +367,10 @@ def check_no_overlap(entries: Iterable[PatchEntry], source: str = "patch") -> No
 # -- checksums ----------------------------------------------------------------------------------
 
 
-def tensor_checksum(data: bytes | memoryview) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def tensor_checksum(reader: TensorReader) -> str:
+    """`tensor_checksums` value of one tensor: sha256 of its bytes as `reader` sees them (base or
+    staged), read chunk by chunk."""
+    return "sha256:" + reader.sha256()
 
 
 def model_checksum(model: Model, progress=None) -> str:

@@ -218,7 +218,7 @@ class Staging:
         if checksums:
             patch.base_model_checksum = self.model_checksum(model)
             patch.tensor_checksums = {
-                n: "sha256:" + TensorReader(model.tensor(n)).sha256() for n in sorted({e.tensor_name for e in entries})
+                n: hp.tensor_checksum(TensorReader(model.tensor(n))) for n in sorted({e.tensor_name for e in entries})
             }
         return patch
 
@@ -235,7 +235,7 @@ class Staging:
             for name, expected in patch.tensor_checksums.items():
                 if name not in model.tensors:
                     continue
-                actual = "sha256:" + self.reader(model, name).sha256()  # the staged state, chunk by chunk
+                actual = hp.tensor_checksum(self.reader(model, name))  # the staged state, chunk by chunk
                 if actual != expected:
                     conflicts.append(hp.ConflictItem(
                         "checksum", f"tensor_checksums[{name!r}] does not match its current bytes: the patch was "
