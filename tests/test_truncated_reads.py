@@ -77,13 +77,18 @@ ROUTES = [
 ]
 
 
-def test_long_reads_of_a_file_truncated_underneath_answer_409_and_the_server_survives(tmp_path):
+def run_child(script: str, tmp_path, cases: list[str]) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run `script` in a child process (a SIGBUS kills only it) over `cases`; its JSON lines back."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp_path), json.dumps(ROUTES)],
+        [sys.executable, "-c", script, str(tmp_path), json.dumps(cases)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc, [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_long_reads_of_a_file_truncated_underneath_answer_409_and_the_server_survives(tmp_path):
+    proc, results = run_child(CHILD, tmp_path, ROUTES)
     done = [r["route"] for r in results]
     assert proc.returncode != -signal.SIGBUS, f"SIGBUS after {done}: the read touched a truncated map"
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -225,12 +230,7 @@ SURGERY_CASES = ["api save", "api verify base checksum", "api verify tensor chec
 def test_checksums_verify_diff_and_apply_of_a_file_truncated_underneath_refuse_cleanly(tmp_path):
     """Saving a patch with checksums, verifying one, diffing and applying hash whole tensors: a
     file that shrinks meanwhile answers 409 model_changed (API) or exits 1 with one clear line (CLI)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", SURGERY_CHILD, str(tmp_path), json.dumps(SURGERY_CASES)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    proc, results = run_child(SURGERY_CHILD, tmp_path, SURGERY_CASES)
     done = [r["case"] for r in results]
     assert proc.returncode != -signal.SIGBUS, f"SIGBUS after {done}: a hash read a truncated map"
     assert proc.returncode == 0, proc.stderr[-3000:]
