@@ -44,7 +44,7 @@ def patch_filename(name: str) -> str:
 
 def atomic_write(path: Path, data: bytes, tmp: Path | None = None, *, durable: bool = True) -> None:
     """Write `data` to `path` so that a kill leaves the old file or the new one: written under a
-    temporary name in the same folder (`tmp`, or a random `.<name>.XXXXXXXX.tmp`), fsynced, renamed
+    temporary name in the same folder (`tmp`, or `.<name>.<8 random characters>.tmp`), fsynced, renamed
     over `path`, and the folder fsynced. `tmp` lets a caller choose a name its cleaner recognises.
     `durable=False` skips both fsyncs (still atomic for a kill, not for a power cut): for frequent
     rewrites whose loss costs little, such as a job's progress."""
