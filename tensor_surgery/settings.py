@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the server listens on (loopback by default).")
     port: int = Field(8000, ge=0, le=65535, description="Port the server listens on.")
     patch_dir: Path = Field(Path("patches"), description="The patch library the UI lists.")
+    patch_signatures: Literal["off", "warn", "require-signed", "require-trusted"] = Field(
+        "warn",
+        description="Signed patches when applying or loading: off (not checked), warn (an INVALID "
+        "signature is refused without an explicit override; unsigned and unknown-key patches apply with "
+        "a warning), require-signed (unsigned refused too), require-trusted (only keys in DATA_DIR/keys/trusted.json).",
+    )
     data_dir: Path = Field(
         Path("data"), description="Journal database, caches, demo models and exports."
     )

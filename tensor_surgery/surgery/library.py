@@ -84,7 +84,9 @@ class PatchLibrary:
     def path(self, name: str) -> Path:
         return self.folder / patch_filename(name)
 
-    def list(self) -> list[dict]:
+    def list(self, describe=None) -> list[dict]:
+        """Every patch with its summary; `describe(patch)`, if given, adds fields (the signature
+        status) to each one that parses."""
         if not self.folder.is_dir():
             return []
         out = []
@@ -94,7 +96,10 @@ class PatchLibrary:
             st = p.stat()
             item = {"name": p.name, "size": st.st_size, "modified": st.st_mtime}
             try:
-                item.update(self.read(p.name).summary())
+                patch = self.read(p.name)
+                item.update(patch.summary())
+                if describe is not None:
+                    item.update(describe(patch))
             except SurgeryError as e:
                 item["error"] = e.message
             out.append(item)
@@ -131,9 +136,17 @@ class PatchLibrary:
         return {"name": p.name, **patch.summary()}
 
     def annotate(self, name: str, description: str) -> dict:
+        """Change the description. The description is signed, so a signed patch loses its
+        signature block (it would only be INVALID now): `signature_removed` says so."""
+        from .signing import BLOCK, unsigned
+
         patch = self.read(name)
-        patch.description = hp.validate_description(description)
-        return self.save(name, patch, overwrite=True)
+        description = hp.validate_description(description)
+        was_signed = BLOCK in patch.extra and description != patch.description
+        if was_signed:
+            patch = unsigned(patch)
+        patch.description = description
+        return {**self.save(name, patch, overwrite=True), "signature_removed": was_signed}
 
     def delete(self, name: str) -> None:
         p = self.path(name)
