@@ -295,9 +295,10 @@ def _byte_bar(desc: str):
 @click.option("--in-place", is_flag=True, help="Write into MODEL's own files (a backup inverse patch is written first).")
 @click.option("--max-shard-size", help="Re-shard the output to at most this per file (e.g. 2GB).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--allow-invalid-signature", is_flag=True, help="Apply a patch whose signature is INVALID all the same.")
 @json_option
 @handles_errors
-def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, as_json) -> None:
+def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, allow_invalid_signature, as_json) -> None:
     """Write a new patched model (or patch MODEL in place). All or nothing: conflicts refuse it."""
     from .surgery.apply import apply_in_place, check_no_pending_intent, runs_for_patches
     from .surgery.hexpatch import model_checksum
@@ -306,6 +307,9 @@ def patch_apply(model, patches, out, in_place, max_shard_size, overwrite, as_jso
     if bool(out) == bool(in_place):
         raise SurgeryError("give exactly one of --out OUT or --in-place", field="out")
     loaded = _read_patches(patches)
+    from .signing_cli import signature_gate
+
+    signature_gate(loaded, allow_invalid_signature, as_json)  # PATCH_SIGNATURES: refused before any work
     if in_place:
         result = apply_in_place(model, loaded)  # refused while an interrupted apply waits for `recover`
         emit(result, as_json, f"patched {result['model']} in place: {result['entries']} entries, "
@@ -341,17 +345,25 @@ def _protected_folders() -> list[tuple[str, Path]]:
 def patch_verify(model, patches, as_json) -> None:
     """Would PATCHES apply cleanly to MODEL (in order)? Lists every conflict; exit 1 if any."""
     from .surgery.apply import check_no_pending_intent, verify_patches
+    from .signing_cli import signature_report
     from .surgery.hexpatch import model_checksum
 
     loaded = _read_patches(patches)
+    signatures = signature_report(loaded)
     with _open(model) as m:
         check_no_pending_intent(m)  # a torn in-place apply would give answers about torn bytes
         _, report = verify_patches(m, loaded, checksum_fn=lambda: model_checksum(m))
-    ok = all(r["ok"] for r in report)
+    for r, sig in zip(report, signatures):
+        r.update(sig)
+    ok = all(r["ok"] and r["signature_ok"] for r in report)
     if as_json:
         emit({"ok": ok, "patches": report}, True)
     else:
         for r in report:
+            if r["signature"]["status"] != "unsigned" or not r["signature_ok"]:  # (unsigned: in --json)
+                click.echo(f"{r['patch']}: {r['signature']['text']}")
+            if not r["signature_ok"]:
+                click.echo(f"  - refused: {r['signature_refused']['message']}")
             if r["already_applied"]:
                 click.echo(f"{r['patch']}: already applied: the model holds every entry's new bytes "
                            f"({r['entries']} entries); applying it again would change nothing")
@@ -462,6 +474,16 @@ def demo_models(force: bool, as_json: bool) -> None:
     emit({k: str(v) for k, v in built.items()}, as_json,
          "\n".join(f"{k}: {v}" for k, v in built.items()))
 
+
+from .signing_cli import keys, patch_show, patch_sign  # noqa: E402 (it uses emit & co. from above)
+
+main.add_command(keys)
+patch.add_command(patch_sign)
+patch.add_command(patch_show)
+
+from .analysis.diff_cli import diff_command  # noqa: E402
+
+main.add_command(diff_command)
 
 if __name__ == "__main__":
     main()
