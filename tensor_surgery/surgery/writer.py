@@ -446,3 +446,144 @@ def parse_size(value: str | int) -> int:
     if n < 1:
         raise InvalidRequest("size must be positive", field="max_shard_size")
     return n
+
+
+# -- new models from a list of tensors (transplants) ---------------------------------------------
+
+Fill = Callable[[int, int, Callable[[int], None]], None]  # (descriptor, file offset, tick): write the bytes
+
+
+class NewTensor:
+    """One tensor of a model being built: its header entry and how its bytes get written."""
+
+    __slots__ = ("name", "dtype", "shape", "nbytes", "fill")
+
+    def __init__(self, name: str, dtype: str, shape: tuple[int, ...], nbytes: int, fill: Fill) -> None:
+        self.name, self.dtype, self.shape, self.nbytes, self.fill = name, dtype, tuple(shape), nbytes, fill
+
+
+def group_shards(tensors: list[NewTensor], max_shard_bytes: int | None) -> list[list[NewTensor]]:
+    """Tensors in order, greedily grouped into shards of at most `max_shard_bytes` (None: one)."""
+    if max_shard_bytes is None:
+        return [list(tensors)]
+    shards: list[list[NewTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def check_new_output(out: Path, reading: Iterable[str], overwrite: bool, protected: Protected = ()) -> None:
+    """Refuse an output that is (or holds, or lies inside the folder of) a model being read, or
+    that is a protected folder; then the usual rule for an output that exists."""
+    real_out = os.path.realpath(out)
+    for path in reading:
+        real = os.path.realpath(path)
+        folder = os.path.dirname(real)
+        if real_out == real or real.startswith(real_out + os.sep):
+            raise InvalidRequest(f"{out} is (or holds) {path}, a model being read: a transplant always writes a "
+                                 "new model; choose a new output path", field="out", path=str(out))
+        if real_out == folder or real_out.startswith(folder + os.sep):
+            raise InvalidRequest(f"{out} is inside {folder}, the folder of {os.path.basename(path)} which is "
+                                 "being read: write the new model somewhere else (e.g. a sibling folder)",
+                                 field="out", path=str(out))
+    for what, path in protected:
+        real = os.path.realpath(path)
+        if real == real_out or real.startswith(real_out.rstrip(os.sep) + os.sep):
+            raise InvalidRequest(
+                f"{out} {'is' if real == real_out else 'holds'} {what} ({path}); a new model never replaces it: "
+                f"write into a new folder inside it instead (e.g. {Path(path) / 'exports' / 'my-model'})",
+                field="out", path=str(out))
+    _check_replaceable(out, overwrite)
+
+
+def write_new_model(
+    out: str | os.PathLike,
+    tensors: list[NewTensor],
+    *,
+    max_shard_bytes: int | None = None,
+    metadata: dict | None = None,
+    side_files: dict[str, str | os.PathLike | bytes] | None = None,
+    source: str = "",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Write a model made of `tensors` (header, offsets and index computed here), each tensor's
+    bytes written by its `fill`, one at a time. Atomic like an export: everything goes into a
+    hidden marked `.<out>.partial-<tag>` folder that is renamed into place at the end. `side_files`
+    (a folder output only) are copied from a path or written from bytes. The caller checks the
+    output first (`check_new_output`)."""
+    out = Path(out)
+    started = time.perf_counter()
+    single_file = out.suffix == ".safetensors"
+    layout = group_shards(tensors, max_shard_bytes)
+    if single_file and len(layout) != 1:
+        raise InvalidRequest(f"the model needs {len(layout)} shards at that size; write to a folder", field="out")
+    names = _shard_names(len(layout))
+    files = [out.name] if single_file else names + (["model.safetensors.index.json"] if len(layout) > 1 else []) \
+        + sorted(side_files or ())
+    total = sum(t.nbytes for t in tensors)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_export_leftovers(out.parent)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
+    marker = {"writer": process_token(), "source": source, "created": time.time()}
+    with Writing(tmp):
+        try:
+            tmp.mkdir()
+            write_marker(tmp / MARKER_NAME, {**marker, "state": "partial", "files": files})
+            weight_map = {}
+            for shard, fname in zip(layout, names):
+                entries, pos = [], 0
+                for t in shard:
+                    entries.append((t.name, t.dtype, t.shape, pos, pos + t.nbytes))
+                    pos += t.nbytes
+                    weight_map[t.name] = fname
+                header = safetensors_header(entries, metadata)
+                dst = tmp / (out.name if single_file else fname)
+                dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.pwrite(dfd, header, 0)
+                    for t, (_, _, _, begin, _end) in zip(shard, entries):
+                        t.fill(dfd, len(header) + begin, tick)
+                    if os.fstat(dfd).st_size != len(header) + pos:
+                        raise SurgeryError(f"{dst.name}: wrote {os.fstat(dfd).st_size:,} bytes, expected "
+                                           f"{len(header) + pos:,}")
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            if single_file:
+                _replace_file(tmp / out.name, out, overwrite, marker)
+                shutil.rmtree(tmp)
+            else:
+                if len(layout) > 1:
+                    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+                    (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+                    fsync_path(tmp / "model.safetensors.index.json")
+                for name, content in sorted((side_files or {}).items()):
+                    if isinstance(content, bytes):
+                        (tmp / name).write_bytes(content)
+                    else:
+                        shutil.copyfile(content, tmp / name)
+                    fsync_path(tmp / name)
+                write_marker(tmp / MARKER_NAME, {**marker, "state": "complete", "files": {
+                    p.name: file_identity(p) for p in sorted(tmp.iterdir()) if p.name != MARKER_NAME}})
+                fsync_path(tmp)
+                _replace_folder(tmp, out, overwrite)
+        except BaseException:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    written = [out] if single_file else sorted(p for p in out.iterdir() if p.is_file() and p.name != MARKER_NAME)
+    return {"path": str(out), "files": [p.name for p in written], "shards": len(layout), "tensors": len(tensors),
+            "bytes": total, "seconds": round(time.perf_counter() - started, 3)}
