@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     patch_signatures: Literal["off", "warn", "require-signed", "require-trusted"] = Field(
         "warn",
         description="Signed patches when applying or loading: off (not checked), warn (an INVALID "
-        "signature is refused without an explicit override; unsigned and unknown-key patches apply with "
+        "signature is refused without an explicit override; unsigned patches apply, unknown-key ones with "
         "a warning), require-signed (unsigned refused too), require-trusted (only keys in DATA_DIR/keys/trusted.json).",
     )
     data_dir: Path = Field(

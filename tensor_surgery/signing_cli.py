@@ -202,18 +202,8 @@ def signature_gate(loaded: list[tuple[str, object]], allow_invalid: bool, as_jso
     """Refuse (raise) the first patch the PATCH_SIGNATURES policy refuses, before anything is
     read or written; otherwise the warnings (printed to stderr, so --json's stdout stays JSON)."""
     settings = _settings()
-    if settings.patch_signatures == "off":
-        return []
-    trusted = sg.KeyStore(settings.data_dir).trusted_fingerprints()
-    warnings = []
-    for source, patch in loaded:
-        w = sg.enforce(sg.check(patch, trusted), settings.patch_signatures, source, allow_invalid=allow_invalid)
-        if w:
-            warnings.append(w)
-            click.echo(f"warning: {w}", err=True)
+    warnings = sg.enforce_policy(loaded, settings.patch_signatures, sg.KeyStore(settings.data_dir),
+                                 allow_invalid=allow_invalid)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     return warnings
-
-
-allow_invalid_option = click.option(
-    "--allow-invalid-signature", is_flag=True,
-    help="Apply a patch whose signature is INVALID (changed after signing) all the same.")

@@ -40,8 +40,8 @@ any other key `unknown_key`; a signature that does not verify, or a block that i
 
 Policy (setting PATCH_SIGNATURES) for applying and loading patches: `off` (signatures are not
 checked), `warn` (the default: an invalid signature is refused unless explicitly overridden;
-unsigned and unknown-key patches apply, with a warning), `require-signed` (unsigned ones are
-refused too) and `require-trusted` (only patches signed by a trusted key apply).
+unsigned patches apply, and so do patches signed by an unknown key, with a warning),
+`require-signed` (unsigned ones are refused too) and `require-trusted` (only patches signed by a trusted key apply).
 """
 
 from __future__ import annotations
@@ -275,6 +275,13 @@ def enforce(status: SignatureStatus, policy: str, source: str, *, allow_invalid:
     if policy == "off":
         return None
     if status.status == "invalid":
+        if allow_invalid and policy in ("require-signed", "require-trusted"):
+            # the override accepts an altered patch, but an invalid signature proves no signer
+            raise SignatureRefused(
+                f"{source}: {status.text}. An invalid signature proves no signer, and PATCH_SIGNATURES="
+                f"{policy} applies only validly signed patches{' by trusted keys' if policy == 'require-trusted' else ''}, "
+                "even with the override; nothing was applied",
+                file=source, field=status.field, policy=policy, signature=status.to_json())
         if allow_invalid:
             return f"{source}: the signature is INVALID ({status.reason}); applied anyway, as asked"
         raise InvalidSignature(
@@ -293,9 +300,19 @@ def enforce(status: SignatureStatus, policy: str, source: str, *, allow_invalid:
             "signed by a trusted key; nothing was applied. Trust the signer's exported public key "
             "with `tensor-surgery keys trust FILE` if you mean to",
             file=source, field=f"{BLOCK}.fingerprint", policy=policy, signature=status.to_json())
-    if status.status in ("unsigned", "unknown_key"):
+    if status.status == "unknown_key":
         return f"{source}: {status.text}"
-    return None
+    return None  # unsigned under warn: the norm for patches made here, not worth a warning each time
+
+
+def enforce_policy(loaded, policy: str, store: "KeyStore", *, allow_invalid: bool = False) -> list[str]:
+    """`enforce` for each (source, patch) of `loaded`, in order: raises the first refusal, else
+    returns the warnings. With policy `off` nothing is checked (not even the trust list read)."""
+    if policy == "off":
+        return []
+    trusted = store.trusted_fingerprints()
+    return [w for source, patch in loaded
+            if (w := enforce(check(patch, trusted), policy, source, allow_invalid=allow_invalid))]
 
 
 # -- the key store and the trust list ----------------------------------------------------------------

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..jobs import JobRunner
 from ..settings import Settings
+from ..surgery import signing as sg
 from ..surgery.apply import check_no_pending_intent
 from ..surgery.leftovers import clean_export_leftovers, clean_in_place_leftovers
 from ..surgery.writer import export_model, parse_size, plan_export
@@ -73,6 +74,7 @@ def start_export(
     out_path = ws.roots.check(out, "export output")
     max_shard = parse_size(body.max_shard_size) if body.max_shard_size is not None else None
     patches = [(n, library.read(n)) for n in body.patches]
+    sg.enforce_policy(patches, settings.patch_signatures, sg.KeyStore(settings.data_dir))  # PATCH_SIGNATURES, before any work
     check_no_pending_intent(model)  # a torn in-place apply: recover it first
     clean_in_place_leftovers(PathlibPath(model.path).parent)  # none pending: its temporary files are litter
     runs = staging.export_runs(model, body.include_staged, patches)  # conflicts fail here, before the job

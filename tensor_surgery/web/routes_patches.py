@@ -9,10 +9,12 @@ from fastapi import APIRouter, File, Form, Path, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import TooLarge
+from ..errors import SurgeryError, TooLarge
 from ..surgery import hexpatch as hp
+from ..surgery import signing as sg
 from ..surgery.library import patch_filename
-from .deps import LibraryDep, ModelDep, StagingDep
+from ..settings import Settings
+from .deps import LibraryDep, ModelDep, SettingsDep, StagingDep
 
 router = APIRouter(prefix="/api/patches", tags=["patches"])
 PatchName = Annotated[str, Path(min_length=1, max_length=200, description="file name in PATCH_DIR")]
@@ -43,9 +45,34 @@ class ComposeRequest(DeriveRequest):
     names: list[str] = Field(..., min_length=1, max_length=100)
 
 
-@router.get("", summary="Every patch in the library with its description and size")
-def list_patches(library: LibraryDep) -> dict:
-    return {"patches": library.list(), "folder": str(library.folder)}
+AllowInvalid = Annotated[bool, Query(description="load even if the patch's signature is INVALID (changed after "
+                                      "signing): the explicit override PATCH_SIGNATURES asks for")]
+
+
+def _trusted(settings: Settings) -> dict[str, str]:
+    return sg.KeyStore(settings.data_dir).trusted_fingerprints()
+
+
+def signature_policy(settings: Settings, patches: list[tuple[str, hp.HexPatch]], allow_invalid: bool = False) -> list[str]:
+    """PATCH_SIGNATURES for patches about to be applied: raises (403 signature_refused, 422
+    signature_invalid) before anything changes; else the warnings."""
+    return sg.enforce_policy(patches, settings.patch_signatures, sg.KeyStore(settings.data_dir),
+                             allow_invalid=allow_invalid)
+
+
+@router.get("", summary="Every patch in the library with its description, size and signature status",
+            description="`signature.status` is unsigned, trusted, unknown_key or invalid (with `reason` and "
+            "`field`); `signature.text` says it in words. A corrupt trust list is reported in `trust_error` "
+            "(signatures are then checked against no trusted key).")
+def list_patches(library: LibraryDep, settings: SettingsDep) -> dict:
+    trust_error = None
+    try:
+        trusted = _trusted(settings)
+    except SurgeryError as e:
+        trusted, trust_error = {}, e.to_dict()
+    patches = library.list(lambda p: {"signature": sg.check(p, trusted).to_json()})
+    return {"patches": patches, "folder": str(library.folder), "policy": settings.patch_signatures,
+            **({"trust_error": trust_error} if trust_error else {})}
 
 
 @router.post("", summary="Save staged edits (all, or a selection) as a .hexpatch in the library")
@@ -77,11 +104,13 @@ def compose(body: ComposeRequest, library: LibraryDep, staging: StagingDep, mode
 
 
 @router.get("/{name}", summary="A patch: its summary and entries (the first `limit`)")
-def show_patch(name: PatchName, library: LibraryDep, limit: Annotated[int, Query(ge=0, le=100_000)] = 500) -> dict:
+def show_patch(name: PatchName, library: LibraryDep, settings: SettingsDep,
+               limit: Annotated[int, Query(ge=0, le=100_000)] = 500) -> dict:
     patch = library.read(name)
     d = patch.to_json()
     d["patches"] = d["patches"][:limit]
-    return {"name": patch_filename(name), "summary": patch.summary(), "truncated": len(patch.entries) > limit, **d}
+    return {"name": patch_filename(name), "summary": patch.summary(), "truncated": len(patch.entries) > limit,
+            **d, "signature_status": sg.check(patch, _trusted(settings)).to_json()}
 
 
 @router.get("/{name}/download", summary="The .hexpatch file itself")
@@ -106,22 +135,38 @@ def delete_patch(name: PatchName, library: LibraryDep) -> dict:
     "/{name}/verify",
     summary="Would the patch apply to the current staged state? Every conflict listed",
     description="`already_applied` is true when the staged state already holds every entry's new bytes "
-    "(the patch was loaded or applied before): its entries then conflict, but loading it would change nothing.",
+    "(the patch was loaded or applied before): its entries then conflict, but loading it would change nothing. "
+    "`signature` is its signature status; `signature_ok` false (with `signature_refused`) when PATCH_SIGNATURES "
+    "would refuse to load it; `ok` needs both.",
 )
-def verify_patch(name: PatchName, library: LibraryDep, staging: StagingDep, model: ModelDep) -> dict:
+def verify_patch(name: PatchName, library: LibraryDep, staging: StagingDep, model: ModelDep,
+                 settings: SettingsDep) -> dict:
     patch = library.read(name)
+    status = sg.check(patch, _trusted(settings))
+    sig: dict = {"signature": status.to_json(), "signature_ok": True}
+    try:
+        if w := sg.enforce(status, settings.patch_signatures, patch_filename(name)):
+            sig["signature_warning"] = w
+    except sg.SignatureRefused as e:
+        sig.update(signature_ok=False, signature_refused=e.to_dict())
     conflicts = staging.verify_patch(model, patch)
     applied = bool(conflicts) and hp.is_applied(patch, model, staging.current_bytes(model))
-    return {"name": patch_filename(name), "ok": not conflicts, "already_applied": applied,
-            "entries": len(patch.entries), "conflicts": [c.to_json() for c in conflicts]}
+    return {"name": patch_filename(name), "ok": not conflicts and sig["signature_ok"], "already_applied": applied,
+            "entries": len(patch.entries), "conflicts": [c.to_json() for c in conflicts], **sig}
 
 
 @router.post("/{name}/load", summary="Stage the whole patch as one edit, or nothing (409 lists every conflict; "
-             "already_applied says when the staged state already holds the patch's bytes)")
-def load_patch(name: PatchName, library: LibraryDep, staging: StagingDep, model: ModelDep) -> dict:
+             "already_applied says when the staged state already holds the patch's bytes)",
+             description="PATCH_SIGNATURES applies first: an INVALID signature is refused (422 signature_invalid) "
+             "unless `allow_invalid_signature=true`; unsigned or unknown-key patches are refused (403 "
+             "signature_refused) when the setting requires signed or trusted ones. Nothing is staged then.")
+def load_patch(name: PatchName, library: LibraryDep, staging: StagingDep, model: ModelDep,
+               settings: SettingsDep, allow_invalid_signature: AllowInvalid = False) -> dict:
     patch = library.read(name)
+    warnings = signature_policy(settings, [(patch_filename(name), patch)], allow_invalid_signature)
     try:
-        return {"edit": staging.load_patch(model, patch, patch_filename(name)).summary()}
+        return {"edit": staging.load_patch(model, patch, patch_filename(name)).summary(),
+                "signature_warnings": warnings}
     except hp.PatchConflict as e:
         if hp.is_applied(patch, model, staging.current_bytes(model)):
             raise hp.PatchConflict(f"{patch_filename(name)} is already applied: the staged state holds every "

@@ -1,5 +1,6 @@
-// The patch manager: the library with descriptions; load (with the verification report), save,
-// annotate, download, upload, invert and delete.
+// The patch manager: the library with descriptions and signature status; load (with the
+// verification report; an INVALID signature only after an explicit confirm), save, annotate,
+// download, upload, invert and delete.
 
 import { api } from "./api.js";
 import { clearError, el, emit, fmtBytes, fmtNum, on, setChildren, showError } from "./state.js";
@@ -29,13 +30,21 @@ export function initPatches() {
 
 async function refresh() {
   const mine = ++reading;
+  let answer;
   try {
-    const answer = (await api("/api/patches")).patches;
+    answer = await api("/api/patches");
     if (mine !== reading) return;
-    library = answer;
+    library = answer.patches;
   } catch (e) {
     if (mine === reading) showError(e, document.getElementById("patches-error"));
     return;
+  }
+  const errorBox = document.getElementById("patches-error");
+  if (answer.trust_error) {
+    // signatures were checked against no trusted key: say why, or every signer looks unknown
+    showError({ message: `trust list: ${answer.trust_error.message}` }, errorBox);
+  } else if (errorBox.textContent.startsWith("trust list: ")) {
+    clearError(errorBox); // fixed since
   }
   const list = document.getElementById("patch-list");
   if (!library.length) {
@@ -50,6 +59,7 @@ function renderItem(p) {
   const desc = el("div", { class: "desc" }, p.description || el("span", { class: "muted" }, "(no description)"));
   return el("li", { "data-patch": p.name },
     el("div", { class: "mono" }, p.name),
+    p.signature ? signatureBadge(p.signature) : null,
     desc,
     p.error ? el("div", { class: "error-msg" }, p.error)
       : el("div", { class: "meta" }, `${fmtNum(p.entries)} entries · ${fmtNum(p.changed_bytes)} bytes · ${p.tensors.length} tensor(s) · ${fmtBytes(p.size)} · ${new Date(p.modified * 1000).toLocaleString()}`),
@@ -62,10 +72,29 @@ function renderItem(p) {
       el("button", { class: "danger", onclick: () => remove(p.name) }, "Delete")));
 }
 
-function report(title, conflicts, ok, kind = ok ? "ok-msg" : "error-msg") {
+// A patch's signature status, prominent: INVALID (changed after signing) in the error colour.
+const SIGNATURE_KIND = { trusted: "ok-msg", unknown_key: "warn-msg", invalid: "error-msg", unsigned: "muted" };
+
+function signatureText(s) {
+  const who = s.signer || "an unnamed signer";
+  if (s.status === "trusted") return `✔ signed by ${who} (trusted${s.trusted_as && s.trusted_as !== s.signer ? ` as ${s.trusted_as}` : ""})`;
+  if (s.status === "unknown_key") return `signed by ${who} (unknown key ${s.fingerprint.slice(7, 23)}…)`;
+  if (s.status === "invalid") return `⚠ INVALID signature${s.signer ? ` (claims ${s.signer})` : ""}: ${s.reason}`;
+  return "unsigned";
+}
+
+function signatureBadge(s) {
+  return el("div", {
+    class: `signature ${SIGNATURE_KIND[s.status] || "muted"}`, "data-signature": s.status, title: s.text,
+    style: s.status === "invalid" ? "font-weight:600" : null,
+  }, signatureText(s));
+}
+
+function report(title, conflicts, ok, kind = ok ? "ok-msg" : "error-msg", extra = null) {
   const box = document.getElementById("patch-report");
   setChildren(box, el("div", { class: "preview", id: "verify-report" },
     el("div", { class: kind }, title),
+    extra,
     conflicts && conflicts.length ? el("div", { class: "conflicts" }, ...conflicts.slice(0, 200).map((c) =>
       el("div", {}, `• ${c.message}${c.actual_hex ? ` (expected ${c.expected_hex}, found ${c.actual_hex})` : ""}`))) : null,
     conflicts && conflicts.length > 200 ? el("div", { class: "muted" }, `… ${conflicts.length - 200} more`) : null));
@@ -75,11 +104,15 @@ async function verify(name) {
   clearError(document.getElementById("patches-error"));
   try {
     const r = await api(`/api/patches/${encodeURIComponent(name)}/verify`, { method: "POST" });
-    if (r.already_applied) {
+    const sig = el("div", {}, signatureBadge(r.signature),
+      r.signature_refused ? el("div", { class: "error-msg" }, r.signature_refused.message) : null);
+    if (!r.signature_ok) {
+      report(`${name} would be refused: ${r.signature_refused.message}`, r.conflicts, false, "error-msg", sig);
+    } else if (r.already_applied) {
       // every entry's bytes are already the patch's new bytes: nothing is wrong, there is nothing to do
-      report(`${name} is already applied: the staged state already holds all ${fmtNum(r.entries)} of its entries' new bytes. Loading it again would change nothing.`, [], true, "warn-msg");
+      report(`${name} is already applied: the staged state already holds all ${fmtNum(r.entries)} of its entries' new bytes. Loading it again would change nothing.`, [], true, "warn-msg", sig);
     } else {
-      report(r.ok ? `${name} applies cleanly (${r.entries} entries)` : `${name}: ${r.conflicts.length} conflict(s)`, r.conflicts, r.ok);
+      report(r.ok ? `${name} applies cleanly (${r.entries} entries)` : `${name}: ${r.conflicts.length} conflict(s)`, r.conflicts, r.ok, undefined, sig);
     }
     return r;
   } catch (e) {
@@ -88,14 +121,23 @@ async function verify(name) {
   }
 }
 
-async function load(name) {
+async function load(name, allowInvalid = false) {
   clearError(document.getElementById("patches-error"));
   try {
-    const r = await api(`/api/patches/${encodeURIComponent(name)}/load`, { method: "POST" });
-    report(`loaded into staging: ${r.edit.description}`, [], true);
+    const r = await api(`/api/patches/${encodeURIComponent(name)}/load`,
+      { method: "POST", params: allowInvalid ? { allow_invalid_signature: "true" } : undefined });
+    const warnings = (r.signature_warnings || []).map((w) => el("div", { class: "warn-msg" }, w));
+    report(`loaded into staging: ${r.edit.description}`, [], true, undefined, warnings.length ? el("div", {}, ...warnings) : null);
     emit("edits-changed", r.edit.tensor_names);
   } catch (e) {
-    if (e.details && e.details.conflicts) {
+    if (e.code === "signature_invalid" && !allowInvalid) {
+      // never applied without an explicit override: the user confirms, knowing it was altered
+      const sig = e.details.signature ? signatureBadge(e.details.signature) : null;
+      report(`${name} was not loaded: its signature is INVALID (changed after signing); nothing staged`, [], false, "error-msg", sig);
+      if (confirm(`${e.message}\n\nLoad ${name} anyway, although its signature is INVALID?`)) await load(name, true);
+    } else if (e.code === "signature_refused") {
+      report(`${name} was not loaded: ${e.message}`, [], false, "error-msg", e.details.signature ? signatureBadge(e.details.signature) : null);
+    } else if (e.details && e.details.conflicts) {
       const why = e.details.already_applied ? "it is already applied (the staged state holds its new bytes): " : "";
       report(`${name} was not loaded: ${why}${e.details.conflicts.length} conflict(s), nothing staged`, e.details.conflicts, false);
     }
