@@ -485,5 +485,9 @@ from .analysis.diff_cli import diff_command  # noqa: E402
 
 main.add_command(diff_command)
 
+from .transplant_cli import transplant  # noqa: E402
+
+main.add_command(transplant)
+
 if __name__ == "__main__":
     main()

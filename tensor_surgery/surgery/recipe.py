@@ -41,13 +41,23 @@ class InvalidRecipe(InvalidRequest):
 
 
 def build_recipe(target: Model, source: Model | None, spec: TransplantSpec, progress=None) -> dict:
-    """The recipe of a transplant (hashes both models' weights: a full read of each)."""
-    def part(m: Model) -> dict:
-        return {"path": os.path.realpath(m.path), "checksum": model_checksum(m, progress)}
-
+    """The recipe of a transplant (hashes both models' weights: a full read of each).
+    `progress(done, total)` counts the bytes of both."""
     same = source is None or os.path.realpath(source.path) == os.path.realpath(target.path)
-    return {"format": FORMAT, "version": VERSION, "target": part(target),
-            "source": None if same else part(source), **spec.to_json()}
+    sums = _checksums([target] if same else [target, source], progress)
+    return {"format": FORMAT, "version": VERSION, "target": {"path": os.path.realpath(target.path), "checksum": sums[0]},
+            "source": None if same else {"path": os.path.realpath(source.path), "checksum": sums[1]},
+            **spec.to_json()}
+
+
+def _checksums(models: list[Model], progress=None) -> list[str]:
+    total = sum(m.nbytes for m in models)
+    out, base = [], 0
+    for m in models:
+        tick = (lambda d, _t, base=base: progress(base + d, total)) if progress else None
+        out.append(model_checksum(m, tick))
+        base += m.nbytes
+    return out
 
 
 def read_recipe(path: str | os.PathLike) -> dict:
@@ -87,11 +97,9 @@ def parse_recipe(obj, where: str = "recipe") -> dict:
 
 def check_recipe_models(recipe: dict, target: Model, source: Model | None, progress=None) -> None:
     """Refuse (naming the model) weights whose checksum is not the recipe's."""
-    for key, model in (("target", target), ("source", source)):
-        part = recipe.get(key)
-        if part is None or model is None:
-            continue
-        actual = model_checksum(model, progress)
+    pairs = [(k, m) for k, m in (("target", target), ("source", source)) if recipe.get(k) is not None and m is not None]
+    for (key, model), actual in zip(pairs, _checksums([m for _, m in pairs], progress)):
+        part = recipe[key]
         if actual != part["checksum"]:
             raise RecipeMismatch(
                 f"the recipe's {key} model {part['path']} has changed: its weights' checksum is {actual}, the "

@@ -217,8 +217,7 @@ class Plan:
         entries = [self.entry(i) for i in self.changed]
         c = self.compat
         worst = "will_fail" if not c.will_load else (
-            "warning" if any(e["verdict"] != "ok" for e in entries) or any(
-                p.verdict != "ok" for p in c.problems) else "ok")
+            "warning" if c.verdict != "ok" or any(e["verdict"] != "ok" for e in entries) else "ok")
         return {
             "target": self.target.path, "source": self.source.path,
             "spec": self.spec.to_json(),
@@ -229,7 +228,9 @@ class Plan:
             "bytes_to_write": sum(i.nbytes for i in self.items),
             "bytes_changed": sum(e["bytes"] for e in entries),
             "config_changes": _config_diff(_read_config(self.target)[0], self.config) if self.config_changed else {},
-            "problems": [{"verdict": p.verdict, "reason": p.reason} for p in c.problems],
+            "architecture": c.architecture,
+            "problems": [p.to_json() for p in c.problems],
+            "deleted_verdicts": {n: c.verdicts[n].to_json() for n in self.deleted if n in c.verdicts},
             "fixes": list(c.fixes),
             "will_load": bool(c.will_load),
             "verdict": worst,
@@ -415,7 +416,8 @@ def plan_transplant(target: Model, source: Model | None, spec: TransplantSpec) -
 
     tensors = {i.name: (tuple(i.shape), i.dtype.name) for i in items}
     changed = [i.name for i in items if i.changed]
-    report = check_model(config or {}, tensors, changed)
+    before = {t.name: (tuple(t.shape), t.dtype.name) for t in target.tensors.values()}
+    report = check_model(config or {}, tensors, changed + deleted, before=before)
     return Plan(target, source, spec, items, deleted, config, config_changed, report, notes)
 
 
@@ -448,28 +450,26 @@ def _check_convertible(src: DType, dst: DType, name: str) -> None:
 
 
 def _resize_vocab(items: dict[str, Item], config: dict | None, n: int, notes: list[str]) -> bool:
-    """Embedding and lm_head rows to `n`, and `vocab_size` in the config."""
-    old = config.get("vocab_size") if config else None
+    """Every token table (embedding, lm_head) to `n` rows, and `vocab_size` in the config: what
+    the compatibility analysis offers when they disagree, or a new vocabulary on purpose."""
     names = list(items)
     layout = infer_layout(names, [items[k].shape for k in names])
-    rows = [k for k in names if layout[k].type_group in ("embedding", "output_head") and items[k].shape
-            and len(items[k].shape) in (1, 2) and (old is None or items[k].shape[0] == old)]
-    if old is None and rows:
-        old = items[rows[0]].shape[0]
-        rows = [k for k in rows if items[k].shape[0] == old]
-    if not rows:
+    tables = [k for k in names if layout[k].type_group in ("embedding", "output_head") and len(items[k].shape) == 2
+              and not re.search(r"position|token_type|segment", k)]
+    if not tables:
         raise InvalidRequest("found no embedding or lm_head with one row per token to resize", field="resize_vocab")
+    rows = [k for k in tables if items[k].shape[0] != n]
     for k in rows:
         it = items[k]
         if it.dtype.kind != "float" or it.dtype.packed or not it.dtype.decodable:
             raise InvalidRequest(f"{k} is {it.dtype.name}: only float tensors can be resized", tensor=k)
         if it.converted:
             raise InvalidRequest(f"{k} is both converted and resized: do one at a time", tensor=k)
+        notes.append(f"{k}: {it.shape[0]} -> {n} rows" + ("; new rows are the mean of the old ones"
+                                                          if n > it.ref.shape[0] else ""))
         it.shape = (n, *it.shape[1:])
         it.action = "resize"
-    notes.append(f"vocabulary {old} -> {n}: {', '.join(rows)}" + (
-        "; new rows are the mean of the old ones" if n > old else ""))
-    if config is not None:
+    if config is not None and config.get("vocab_size") != n:
         config["vocab_size"] = n
         return True
     return False

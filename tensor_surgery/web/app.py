@@ -21,7 +21,7 @@ from ..surgery.staging import StagedOverlays, Staging
 from ..workspace import Workspace
 from ..live.service import LiveService
 from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
-from . import routes_recovery
+from . import routes_recovery, routes_transplant
 from .compression import NegotiatedGZipMiddleware
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
@@ -37,6 +37,7 @@ ROUTERS = [
     routes_live.router,
     routes_live.ws_router,
     routes_agent.router,
+    routes_transplant.router,
 ]
 
 DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.
