@@ -150,6 +150,21 @@ class LiveModel:
             torch.cuda.synchronize()
         return out.cpu(), (time.perf_counter() - t0) * 1000
 
+    def greedy(self, ids: torch.Tensor, n: int, model=None) -> list[int]:
+        """The next `n` tokens, greedy, with the KV cache (hooks attached by the caller stay on for
+        every step, as a steering vector stays on while text is generated)."""
+        out_ids: list[int] = []
+        with torch.inference_mode():
+            out = (model or self.hf_model)(input_ids=ids, use_cache=True)
+            for i in range(n):
+                nxt = int(out.logits[0, -1].argmax())
+                out_ids.append(nxt)
+                if i + 1 == n or nxt == self.tokenizer.eos_token_id:
+                    break
+                out = (model or self.hf_model)(input_ids=torch.tensor([[nxt]], device=self.device),
+                                               past_key_values=out.past_key_values, use_cache=True)
+        return out_ids
+
 
 def top_k(logits: torch.Tensor, decode, k: int, base: torch.Tensor | None = None) -> list[dict]:
     """Top-k tokens of `logits`; with `base`, the union with base's top-k and each change.

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import InvalidRequest, SurgeryError
 from ..settings import Settings
 from ..surgery.staging import overlays
+from .hooks import Hooks
 
 Subscriber = Callable[[dict], None]
 
@@ -31,6 +32,8 @@ class Wanted:
     prompt: str
     k: int
     disabled_edits: set[int] = field(default_factory=set)
+    continuation: int = 0  # greedy tokens to generate, default vs steered (0: none; the Steer tab asks)
+    interventions: tuple = ()  # the enabled interventions, snapshot taken with the rest of this state
     seq: int = 0  # highest client request number folded into this state
 
 
@@ -44,6 +47,8 @@ class LiveService:
         self.progress = 0.0
         self.live = None
         self.adapters = None
+        self.hooks = Hooks()  # interventions (steering vectors) and observers on the running model
+        self._continuation_cache: dict[tuple, list[int]] = {}  # default (unsteered) continuations
         self.model_path: str | None = None
         self.wanted = Wanted(settings.live_prompt, settings.live_top_k)
         self.last: dict | None = None
@@ -159,6 +164,22 @@ class LiveService:
                 self.wanted.disabled_edits.discard(edit_id)
             else:
                 self.wanted.disabled_edits.add(edit_id)
+            self.wanted.seq = max(self.wanted.seq, seq)
+        self._poke()
+
+    def toggle_intervention(self, name: str, enabled: bool, seq: int = 0) -> dict:
+        """Switch a steering vector (or other intervention) on or off; the next pass shows it."""
+        with self._wake:
+            iv = self.hooks.set_enabled(name, enabled)
+            self.wanted.seq = max(self.wanted.seq, seq)
+        self._poke()
+        return iv.to_json()
+
+    def set_continuation(self, tokens: int, seq: int = 0) -> None:
+        if not 0 <= tokens <= 64:
+            raise InvalidRequest("continuation tokens must be between 0 and 64", field="tokens")
+        with self._wake:
+            self.wanted.continuation = tokens
             self.wanted.seq = max(self.wanted.seq, seq)
         self._poke()
 
@@ -279,7 +300,8 @@ class LiveService:
                 job()
             with self._wake:  # after the jobs: changes they asked for are part of this pass
                 dirty, self._dirty = self._dirty, False
-                wanted = replace(self.wanted, disabled_edits=set(self.wanted.disabled_edits))
+                wanted = replace(self.wanted, disabled_edits=set(self.wanted.disabled_edits),
+                                 interventions=tuple(self.hooks.active()))
             try:
                 if unload:
                     self._do_unload("unloaded")
@@ -300,6 +322,8 @@ class LiveService:
         self._base_cache.clear()
         self._edits_cache = None
         self._overlay_cache.clear()
+        self._continuation_cache.clear()
+        self.hooks.clear()  # vectors and observers were made for that model's widths and layers
         self.model_path = None
         self.state, self.message, self.progress = "unloaded", why, 0.0
         self.last = None
@@ -358,6 +382,7 @@ class LiveService:
         return self._overlay_cache[key]
 
     def _compute(self, w: Wanted) -> None:
+        from .hooks import attach, observe
         from .runtime import top_k
 
         t0 = time.perf_counter()
@@ -376,8 +401,10 @@ class LiveService:
         overlays, edit_list = self._overlays(w.disabled_edits)
         live.apply_overlays(overlays)
         model, ctx = adapters.forward_model()
-        with ctx:
+        interventions, observers = list(w.interventions), self.hooks.observers()
+        with ctx, attach(live.hf_model, interventions, observers) as captured:
             logits, fwd_ms = live.logits(ids, model)
+            observed = observe(observers, captured, ids) if observers else {}
         notice = None
         if truncated:
             notice = (f"the prompt is longer than {self.settings.live_max_prompt_tokens} tokens "
@@ -388,9 +415,39 @@ class LiveService:
             "top": top_k(logits, live.decode, k, base),
             "forward_ms": round(fwd_ms, 2), "total_ms": round((time.perf_counter() - t0) * 1000, 2),
             "edits": edit_list, "adapters": adapters.list(),
+            "interventions": [iv.to_json() for iv in self.hooks.interventions()], "observers": observed,
             "unmapped": sorted(live.unmapped)[:20],
         }
         self._publish(self.last)
+        if w.continuation and not self._dirty:  # a newer change waits: its pass will continue instead
+            self._continue(w, ids, interventions)
+
+    def _continue(self, w: Wanted, ids, interventions) -> None:
+        """A short greedy continuation without and with the interventions, side by side."""
+        from .hooks import attach
+
+        t0 = time.perf_counter()
+        live = self.live
+        key = (w.prompt, w.continuation, self.staging.journal.version, frozenset(w.disabled_edits),
+               repr(self.adapters.list()))
+        if key not in self._continuation_cache:
+            model, ctx = self.adapters.forward_model()  # a fresh context: PEFT's disable_adapter is one-shot
+            with ctx:
+                self._continuation_cache[key] = live.greedy(ids, w.continuation, model)
+            if len(self._continuation_cache) > 16:
+                self._continuation_cache.pop(next(iter(self._continuation_cache)))
+        default = self._continuation_cache[key]
+        steered = default
+        if interventions:
+            model, ctx = self.adapters.forward_model()
+            with ctx, attach(live.hf_model, interventions):
+                steered = live.greedy(ids, w.continuation, model)
+        text = lambda toks: live.tokenizer.decode(toks)  # noqa: E731
+        self._publish({
+            "type": "continuation", "seq": w.seq, "prompt": w.prompt, "tokens": w.continuation,
+            "default": text(default), "steered": text(steered), "steered_by": [iv.name for iv in interventions],
+            "changed": steered != default, "total_ms": round((time.perf_counter() - t0) * 1000, 2),
+        })
 
 
 def _rss() -> int:
