@@ -14,6 +14,7 @@ import { loadModel } from "./model.js";
 import { initPatches } from "./patches.js";
 import { initRecovery } from "./recovery.js";
 import { emit, select, showError, state } from "./state.js";
+import { initTransplant } from "./transplant.js";
 
 window.addEventListener("error", (e) => showError(e.error || new Error(e.message)));
 window.addEventListener("unhandledrejection", (e) => showError(e.reason));
@@ -59,5 +60,6 @@ initHeader();
 initRecovery();
 initLive();
 initInvestigate();
+initTransplant();
 loadModel();
 window.__ts = { state, select, canvas: canvasView }; // handy in the console and for browser tests
