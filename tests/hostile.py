@@ -425,13 +425,6 @@ case("fifo_shard", "InvalidModelFile", f"missing: {S1}", "weight_map")(_fifo_sha
 # -- other formats, named by their first bytes (never unpickled) ------------------------------
 
 
-def _gguf_bytes() -> bytes:
-    """A minimal valid GGUF v3 file: magic, version, no tensors, one string key-value."""
-    key, value = b"general.name", b"x"
-    return (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
-            + struct.pack("<I", 8) + struct.pack("<Q", len(value)) + value)
-
-
 def _torch_save(d: Path, name: str, zipfile_format: bool = True) -> Path:
     import torch  # the real writer: these are the files users have
 
@@ -456,13 +449,6 @@ def _npy(d: Path) -> Path:
     return path
 
 
-case("gguf_file", "InvalidModelFile", "is a GGUF file", "format")(
-    lambda d: write(d, "model.gguf", _gguf_bytes())
-)
-case("gguf_named_safetensors", "InvalidModelFile", "is a GGUF file", "format")(
-    # judged by the bytes, not the name
-    lambda d: write(d, "model.safetensors", _gguf_bytes())
-)
 case("pytorch_zip_bin", "InvalidModelFile", "is a PyTorch checkpoint", "format")(
     lambda d: _torch_save(d, "pytorch_model.bin")
 )
@@ -485,12 +471,100 @@ def _folder_of(*builders: Case) -> Case:
     return build
 
 
-case("folder_only_gguf", "InvalidModelFile", "holds no .safetensors file, only a GGUF file", "format")(
-    _folder_of(lambda d: write(d, "smollm2-135m-q8_0.gguf", _gguf_bytes()))
-)
 case("folder_only_pytorch_bin", "InvalidModelFile", "only a PyTorch checkpoint", "format")(
     _folder_of(lambda d: _torch_save(d, "pytorch_model-00001-of-00002.bin"),
                lambda d: _torch_save(d, "pytorch_model-00002-of-00002.bin"))
+)
+
+# -- GGUF files (opened as models: tests/test_gguf.py); every count is hostile ------------------
+
+
+def gguf_string(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return struct.pack("<Q", len(b)) + b
+
+
+def gguf_bytes(tensors=(), kv: bytes = b"", n_kv: int = 0, version: int = 3, data: bytes = b"",
+               alignment: int = 32, n_tensors: int | None = None, magic: bytes = b"GGUF") -> bytes:
+    """A GGUF file written by hand: `tensors` are (name, ne, GGML type id, offset); `kv` the
+    key-values' raw bytes (`n_kv` of them); the data section padded to `alignment` after the infos."""
+    infos = b"".join(gguf_string(n) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}Q", *ne)
+                     + struct.pack("<IQ", t, off) for n, ne, t, off in tensors)
+    head = magic + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors, n_kv) + kv + infos
+    return head + b"\0" * (-len(head) % alignment) + data
+
+
+def gguf_kv(key: str, vtype: int, payload: bytes) -> bytes:
+    return gguf_string(key) + struct.pack("<I", vtype) + payload
+
+
+Q8_0 = 8  # GGML type ids
+F32 = 0
+_ONE_F32 = [("w", [8], F32, 0)]
+
+case("gguf_bad_version", "InvalidModelFile", "GGUF version 1 is not supported", "version")(
+    lambda d: write(d, "model.gguf", gguf_bytes(_ONE_F32, version=1, data=b"\0" * 32))
+)
+case("gguf_bad_magic", "InvalidModelFile", "does not start with the GGUF magic number", "magic")(
+    lambda d: write(d, "model.gguf", b"GGML" + b"\0" * 60)
+)
+case("gguf_truncated_counts", "InvalidModelFile", "at least 32 bytes each) but the file has only 16 bytes left: it is "
+     "truncated", "tensor_count")(
+    lambda d: write(d, "model.gguf", gguf_bytes(_ONE_F32, data=b"\0" * 32)[:40])
+)
+case("gguf_truncated_header", "InvalidModelFile", "the type of 'w' needs 4 bytes at offset 78", "type")(
+    lambda d: write(d, "model.gguf", gguf_bytes(_ONE_F32, gguf_kv("general.name", 8, gguf_string("x")), 1,
+                                                data=b"\0" * 32)[:78])
+)
+case("gguf_truncated_data", "InvalidModelFile", "runs past the 16-byte data section", "offset")(
+    lambda d: write(d, "model.gguf", gguf_bytes(_ONE_F32, data=b"\0" * 16))
+)
+case("gguf_offset_past_end", "InvalidModelFile", "tensor 'w': data [4,096, 4,128) runs past", "offset")(
+    lambda d: write(d, "model.gguf", gguf_bytes([("w", [8], F32, 4096)], data=b"\0" * 64))
+)
+case("gguf_overlapping_tensors", "InvalidModelFile", "overlaps tensor", "offset")(
+    lambda d: write(d, "model.gguf", gguf_bytes([("a", [16], F32, 0), ("b", [8], F32, 32)], data=b"\0" * 96))
+)
+case("gguf_unaligned_offset", "InvalidModelFile", "not a multiple of the alignment 32", "offset")(
+    lambda d: write(d, "model.gguf", gguf_bytes([("w", [4], F32, 16)], data=b"\0" * 64))
+)
+case("gguf_alignment_not_power_of_two", "InvalidModelFile", "general.alignment must be a uint32 power of two",
+     "general.alignment")(
+    lambda d: write(d, "model.gguf", gguf_bytes(_ONE_F32, gguf_kv("general.alignment", 4, struct.pack("<I", 24)),
+                                                1, data=b"\0" * 32))
+)
+case("gguf_kv_count_2_60", "InvalidModelFile", "kv_count says 1,152,921,504,606,846,976 key-values", "kv_count")(
+    lambda d: write(d, "model.gguf", gguf_bytes(_ONE_F32, n_kv=1 << 60, data=b"\0" * 32))
+)
+case("gguf_tensor_count_2_60", "InvalidModelFile", "tensor_count says", "tensor_count")(
+    lambda d: write(d, "model.gguf", gguf_bytes(_ONE_F32, n_tensors=1 << 60, data=b"\0" * 32))
+)
+case("gguf_array_length_2_60", "InvalidModelFile", "array says it holds 1,152,921,504,606,846,976", "tokenizer.ggml.tokens")(
+    lambda d: write(d, "model.gguf", gguf_bytes(
+        _ONE_F32, gguf_kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 1 << 60)), 1, data=b"\0" * 32))
+)
+case("gguf_string_length_2_62", "InvalidModelFile", "over the 67,108,864-byte limit", "general.name")(
+    lambda d: write(d, "model.gguf", gguf_bytes(
+        _ONE_F32, gguf_kv("general.name", 8, struct.pack("<Q", 1 << 62)), 1, data=b"\0" * 32))
+)
+case("gguf_unknown_value_type", "InvalidModelFile", "unknown value type 77", "general.name")(
+    lambda d: write(d, "model.gguf", gguf_bytes(_ONE_F32, gguf_kv("general.name", 77, b""), 1, data=b"\0" * 32))
+)
+case("gguf_rank_9", "InvalidModelFile", "has rank 9", "n_dims")(
+    lambda d: write(d, "model.gguf", gguf_bytes([("w", [1] * 9, F32, 0)], data=b"\0" * 32))
+)
+case("gguf_block_not_whole", "InvalidModelFile", "ne[0] = 30 is not a multiple of Q8_0's block of 32", "ne")(
+    lambda d: write(d, "model.gguf", gguf_bytes([("w", [30], Q8_0, 0)], data=b"\0" * 64))
+)
+case("gguf_duplicate_tensor", "InvalidModelFile", "two tensors are named 'w'", "tensor_name")(
+    lambda d: write(d, "model.gguf", gguf_bytes([("w", [8], F32, 0), ("w", [8], F32, 32)], data=b"\0" * 64))
+)
+case("gguf_name_not_utf8", "InvalidModelFile", "is not valid UTF-8", "tensor_name")(
+    lambda d: write(d, "model.gguf", gguf_bytes([(b"\xff\xfe", [8], F32, 0)], data=b"\0" * 32))
+)
+case("folder_two_ggufs", "InvalidModelFile", "holds 2 GGUF files and no .safetensors", "format")(
+    _folder_of(lambda d: write(d, "a.gguf", gguf_bytes(_ONE_F32, data=b"\0" * 32)),
+               lambda d: write(d, "b.gguf", gguf_bytes(_ONE_F32, data=b"\0" * 32)))
 )
 
 # -- valid files the reference library reads: not refused --------------------------------------

@@ -40,9 +40,10 @@ def _iter_entries(model: Model) -> Iterator[dict]:
     metas = [layout[r.name] for r in refs]
     del layout
     order = sorted(range(len(refs)), key=lambda i: (metas[i].canvas_y, metas[i].canvas_x))
+    gguf = model.format == "gguf"  # GGUF tensors also carry their GGML type and file offset
     for i in order:
         r = refs[i]
-        yield {
+        entry = {
             "name": r.name,
             "shape": list(r.shape),
             "dtype": r.dtype.name,
@@ -50,6 +51,11 @@ def _iter_entries(model: Model) -> Iterator[dict]:
             "nbytes": r.nbytes,
             "metadata_for_canvas": metas[i].to_dict(),
         }
+        if gguf:
+            entry["ggml_type"] = r.dtype.name
+            entry["offset"] = r.file.data_start + r.begin
+            entry["quantized"] = getattr(r.dtype, "quantized", False)
+        yield entry
 
 
 def _dumps(entry: dict) -> bytes:

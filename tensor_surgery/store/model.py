@@ -82,7 +82,7 @@ class SafetensorsFile:
         fd, st = _open_regular(self.path)
         try:
             self.identity = _identity(st)
-            self.header: Header = read_header(self.path, fd, st.st_size)
+            self.header: Header = self._read_header(fd, st.st_size)
         finally:
             os.close(fd)
         for info in self.header.tensors.values():
@@ -94,6 +94,9 @@ class SafetensorsFile:
         self._path_checked = 0.0  # monotonic time of the last stat of the path
         self._stale = False
         self._lock = threading.Lock()
+
+    def _read_header(self, fd: int, size: int) -> Header:
+        return read_header(self.path, fd, size)  # (GGUFFile reads its own format here)
 
     @property
     def tensors(self) -> dict[str, TensorInfo]:
@@ -296,6 +299,7 @@ class Model:
     metadata: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     index_identity: tuple | None = None  # the shard index's, when sharded
+    format = "safetensors"  # (a class attribute: "gguf" for store.gguf.GGUFModel)
 
     def changed_on_disk(self) -> bool:
         """Whether any file of the model (each shard, and the index) is no longer the one that was
@@ -387,6 +391,15 @@ def resolve_model_path(path: str | os.PathLike) -> str:
     if len(files) == 1:
         return str(files[0])
     if not files:
+        ggufs = [g for g in sorted(p.glob("*.gguf")) if is_gguf_file(str(g))]  # one GGUF file: open it
+        if len(ggufs) == 1:
+            return str(ggufs[0])
+        if len(ggufs) > 1:
+            raise InvalidModelFile(
+                f"{p}: holds {len(ggufs)} GGUF files and no .safetensors; open one of them by path "
+                f"({', '.join(g.name for g in ggufs[:5])}{', ...' if len(ggufs) > 5 else ''})",
+                file=str(p), field="format",
+            )
         from .foreign import folder_message  # GGUF, PyTorch or numpy files: say so, and what to do
 
         if found := folder_message(str(p)):
@@ -404,6 +417,20 @@ def resolve_model_path(path: str | os.PathLike) -> str:
 PathGuard = Callable[[str], object]
 
 
+def is_gguf_file(path: str) -> bool:
+    """Whether `path` is a regular file starting with GGUF's magic number (opened by store.gguf)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 4, 0) == b"GGUF"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def open_model(path: str | os.PathLike, guard: PathGuard | None = None) -> Model:
     """Open and validate a model: a .safetensors file, an *.index.json, or a folder.
 
@@ -416,6 +443,10 @@ def open_model(path: str | os.PathLike, guard: PathGuard | None = None) -> Model
     with _gc_paused():
         if resolved.endswith(".json"):
             return _open_sharded(resolved, guard)
+        if is_gguf_file(resolved) or resolved.lower().endswith(".gguf"):  # by its first bytes, or its name
+            from .gguf import open_gguf  # (imports the gguf package: only for GGUF files)
+
+            return open_gguf(resolved)
         f = SafetensorsFile(resolved)
         tensors = dict(f.tensors)
         return Model(resolved, "file", [f], tensors, dict(f.header.metadata), list(f.header.warnings))

@@ -30,6 +30,13 @@ CHUNK_BYTES = 4 << 20  # whole-tensor passes (hashes, diffs) read this much at a
 class TensorReader:
     __slots__ = ("ref", "cache_token", "dtype", "shape", "numel", "unit_bytes", "unit_elems", "_segments", "_seg_starts")
 
+    def __new__(cls, ref: TensorRef, runs: Sequence[Run] = (), cache_token=None):
+        if cls is TensorReader and getattr(ref.dtype, "quantized", False):
+            from .gguf import QuantReader  # a GGUF block type: values are dequantized per block
+
+            cls = QuantReader
+        return object.__new__(cls)
+
     def __init__(self, ref: TensorRef, runs: Sequence[Run] = (), cache_token=None) -> None:
         self.ref = ref
         # names the overlay for caches: whoever supplies runs supplies a token that changes with them

@@ -323,7 +323,12 @@ def _json_float(f: float) -> float | str:
 
 
 def hex_view(reader: TensorReader, offset: int, length: int) -> dict:
-    """The bytes of [offset, offset+length) and every element they touch, decoded."""
+    """The bytes of [offset, offset+length) and every element they touch, decoded (for a GGUF
+    block type: every block they touch, with its scales and values)."""
+    if getattr(reader.dtype, "quantized", False):
+        from .gguf import block_view
+
+        return block_view(reader, offset, length)
     name = reader.ref.name
     if length < 0 or length > MAX_HEX_BYTES:
         raise TooLarge(

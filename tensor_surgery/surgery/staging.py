@@ -104,7 +104,11 @@ class Staging:
     # -- edits ----------------------------------------------------------------------------------
 
     def preview(self, model: Model, spec: EditSpec) -> ComputedEdit:
-        model.tensor(spec.tensor_name)
+        ref = model.tensor(spec.tensor_name)
+        if getattr(ref.dtype, "quantized", False):  # a GGUF block type: edit, then re-quantize blocks
+            from .gguf_edit import compute_quant_edit
+
+            return compute_quant_edit(self.reader(model, spec.tensor_name), spec)
         return compute_edit(self.reader(model, spec.tensor_name), spec)
 
     def edit(self, model: Model, spec: EditSpec) -> tuple[ComputedEdit, StagedEdit]:

@@ -201,7 +201,10 @@ def plan_export(
             if off < 0 or off + len(data) > ref.nbytes:
                 raise InvalidRequest(f"run at byte {off} of {name!r} is outside the tensor", tensor=name)
     _check_replaceable(out, overwrite)
-    single_file = out.suffix == ".safetensors"
+    single_file = _single_file(model, out)
+    if model.format == "gguf" and max_shard_bytes is not None:
+        raise InvalidRequest(f"{model.name} is a GGUF file: it is exported as one file (a .gguf, or a folder), "
+                             "not re-sharded", field="max_shard_bytes")
     if max_shard_bytes is None:
         if single_file and len(model.files) != 1:
             raise InvalidRequest(
@@ -212,6 +215,16 @@ def plan_export(
     if single_file and len(layout) != 1:
         raise InvalidRequest(f"the model needs {len(layout)} shards at that size; export to a folder", field="out")
     return layout
+
+
+def _single_file(model: Model, out: Path) -> bool:
+    """Whether `out` names one model file (else a folder): a .safetensors, or a .gguf for a GGUF
+    model. A file name of the other format is refused: its bytes would not be what its name says."""
+    own, other = (".gguf", ".safetensors") if model.format == "gguf" else (".safetensors", ".gguf")
+    if out.suffix == other:
+        raise InvalidRequest(f"{out}: {model.name} is a {model.format} model; export it to a {own} file or a "
+                             "folder (this tool does not convert between formats)", field="out")
+    return out.suffix == own
 
 
 def _check_replaceable(out: Path, overwrite: bool) -> None:
@@ -241,7 +254,7 @@ def export_model(
     out = Path(out)
     started = time.perf_counter()
     layout = plan_export(model, out, runs, max_shard_bytes=max_shard_bytes, overwrite=overwrite, protected=protected)
-    single_file = out.suffix == ".safetensors"
+    single_file = _single_file(model, out)
 
     # what the copy ticks off: whole files (headers too) for the same layout, else tensor bytes
     total = sum(f.header.file_size for f in model.files) if layout is None else model.nbytes
