@@ -489,5 +489,9 @@ from .transplant_cli import transplant  # noqa: E402
 
 main.add_command(transplant)
 
+from .interp.pack_cli import pack  # noqa: E402
+
+main.add_command(pack)
+
 if __name__ == "__main__":
     main()

@@ -157,3 +157,167 @@ def test_versions_compare_as_numbers():
     assert pk.version_key("1.10") > pk.version_key("1.9")
     assert pk.version_key("2") == pk.version_key("2.0.0")
     assert max(["1.2", "1.10", "1.9.9"], key=pk.version_key) == "1.10"
+
+
+# -- the registry and the `pack` command ---------------------------------------------------------------
+
+import io  # noqa: E402
+import tarfile  # noqa: E402
+import zipfile  # noqa: E402
+
+from tensor_surgery.interp.registry import PackRegistry  # noqa: E402
+
+
+def cli(data_dir: Path, *args, env=None):
+    """`tensor-surgery pack ARGS --json` in-process: (exit status, parsed stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from tensor_surgery.cli import main
+
+    r = CliRunner().invoke(main, ["pack", *args, "--json"], env={"DATA_DIR": str(data_dir), **(env or {})})
+    if r.exception and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return r.exit_code, (json.loads(r.stdout) if r.stdout.strip() else None), r.stderr
+
+
+@pytest.fixture()
+def remote(tmp_path):
+    """A folder remote holding versions 1.0.0 and 1.1.0 of pack 'concept'."""
+    root = tmp_path / "remote"
+    make(root / "1.0.0", version="1.0.0", seed=1)
+    make(root / "1.1.0", version="1.1.0", seed=2)
+    return root
+
+
+def test_install_status_push_verify_remove_round_trip_through_a_folder_remote(tmp_path, remote):
+    data = tmp_path / "data"
+    rc, out, err = cli(data, "install", str(remote), "--version", "1.0.0")
+    assert rc == 0, err
+    assert out["name"] == "concept" and out["version"] == "1.0.0"
+    installed = data / "packs" / "concept"
+    # what is installed is byte for byte the remote's 1.0.0
+    for rel in ("pack.json", "tensors.safetensors"):
+        assert (installed / rel).read_bytes() == (remote / "1.0.0" / rel).read_bytes()
+    rc, out, _ = cli(data, "list")
+    [row] = out["packs"]
+    assert row["source"] == {"type": "folder", "location": str(remote.resolve())}
+    assert row["modified"] is False and row["size"] == sum(f.stat().st_size for f in installed.iterdir())
+    rc, out, _ = cli(data, "status")
+    assert out["packs"][0]["newer"] is True and out["packs"][0]["latest"] == "1.1.0"
+    assert cli(data, "verify", "concept")[0] == 0
+
+    # push to a second remote and into a tar; install each elsewhere; same tensors
+    rc, out, err = cli(data, "push", "concept", str(tmp_path / "mirror"))
+    assert rc == 0, err and out["dest"]["type"] == "folder"
+    assert (tmp_path / "mirror" / "1.0.0" / "tensors.safetensors").read_bytes() == \
+        (installed / "tensors.safetensors").read_bytes()
+    rc, out, err = cli(data, "push", "concept", str(tmp_path / "concept.tar.gz"))
+    assert rc == 0, err
+    with tarfile.open(tmp_path / "concept.tar.gz") as t:
+        assert sorted(t.getnames()) == ["pack.json", "tensors.safetensors"]
+    other = tmp_path / "data2"
+    assert cli(other, "install", str(tmp_path / "concept.tar.gz"))[0] == 0
+    assert cli(other, "install", str(tmp_path / "mirror"))[0] == 0
+    oracle = load_file(remote / "1.0.0" / "tensors.safetensors")
+    got = load_file(other / "packs" / "concept" / "tensors.safetensors")
+    assert all(np.array_equal(oracle[k], got[k]) for k in oracle)
+
+    # upgrade to the newest: status is up to date
+    rc, out, _ = cli(data, "install", str(remote))
+    assert rc == 0 and out["version"] == "1.1.0" and out["replaced"] == "1.0.0"
+    assert cli(data, "status")[1]["packs"][0]["newer"] is False
+
+    # remove
+    rc, out, _ = cli(data, "remove", "concept")
+    assert rc == 0 and not installed.exists() and cli(data, "list")[1]["packs"] == []
+
+
+def test_local_modification_is_detected_and_protected(tmp_path, remote):
+    reg = PackRegistry(tmp_path / "data")
+    reg.install(str(remote), "1.0.0")
+    folder = reg.path("concept")
+    assert reg.list()[0]["modified"] is False
+    # rewritten on purpose (still a valid pack): modified, verifies
+    make(folder, version="1.0.0", seed=9, overwrite=True)
+    assert reg.list()[0]["modified"] is True
+    assert reg.verify("concept")["ok"] is True
+    # installing over it needs force, and nothing is lost without it
+    before = (folder / "tensors.safetensors").read_bytes()
+    with pytest.raises(pk.SurgeryError, match="modified locally"):
+        reg.install(str(remote), "1.1.0")
+    assert (folder / "tensors.safetensors").read_bytes() == before
+    # damaged: modified and verify fails with exit 1 naming the file
+    blob = bytearray(before)
+    blob[-1] ^= 1
+    (folder / "tensors.safetensors").write_bytes(bytes(blob))
+    rc, out, _ = cli(tmp_path / "data", "verify", "concept")
+    assert rc == 1 and out["ok"] is False and "tensors.safetensors" in out["errors"][0]["message"]
+    assert out["modified"] is True
+    assert reg.install(str(remote), "1.1.0", force=True)["version"] == "1.1.0"
+    assert reg.verify("concept")["ok"] and reg.list()[0]["modified"] is False
+
+
+def test_corrupted_registry_is_rebuilt_from_installed_folders_with_a_warning(tmp_path, remote):
+    data = tmp_path / "data"
+    PackRegistry(data).install(str(remote))
+    (data / "packs" / "registry.json").write_text('{"format": "tensor-surgery-pack-registry", "packs": [1,')
+    rc, out, err = cli(data, "list")
+    assert rc == 0
+    [row] = out["packs"]
+    assert row["name"] == "concept" and row["version"] == "1.1.0" and row["source"] is None
+    assert "corrupted" in out["warnings"][0] and "rebuilt" in out["warnings"][0]
+    # the bad file is kept beside it, and the rebuilt registry reads cleanly from now on
+    assert [p.name for p in (data / "packs").glob("registry.json.corrupt-*")]
+    assert "warnings" not in cli(data, "list")[1]
+    assert cli(data, "verify", "concept")[0] == 0
+
+
+def _tar_with(path: Path, members) -> None:
+    with tarfile.open(path, "w") as t:
+        for info, blob in members:
+            t.addfile(info, io.BytesIO(blob) if blob is not None else None)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink"])
+def test_hostile_tar_is_refused_before_anything_is_written(tmp_path, kind):
+    def member(name, blob=b"x", type_=tarfile.REGTYPE, link=""):
+        i = tarfile.TarInfo(name)
+        i.size, i.type, i.linkname = (len(blob) if blob else 0), type_, link
+        return i, blob if type_ == tarfile.REGTYPE else None
+
+    bad = {"dotdot": member("../evil.json"), "absolute": member("/tmp/evil.json"),
+           "symlink": member("pack.json", type_=tarfile.SYMTYPE, link="/etc/passwd"),
+           "hardlink": member("x.json", type_=tarfile.LNKTYPE, link="/etc/passwd")}[kind]
+    arch = tmp_path / "bad.tar"
+    _tar_with(arch, [member("ok.json"), bad])
+    data = tmp_path / "data"
+    rc, out, _ = cli(data, "install", str(arch))
+    assert rc == 1 and out["error"]["code"] == "invalid_pack" and "bad.tar" in out["error"]["message"]
+    assert not (tmp_path / "evil.json").exists()
+    assert [p.name for p in (data / "packs").iterdir() if not p.name.startswith(".registry")] == []
+
+
+def test_hostile_zip_and_pickled_pack_are_refused(tmp_path, remote):
+    arch = tmp_path / "bad.zip"
+    with zipfile.ZipFile(arch, "w") as z:
+        z.writestr("../../evil.json", "{}")
+    reg = PackRegistry(tmp_path / "data")
+    with pytest.raises(pk.InvalidPack, match="escapes"):
+        reg.install(str(arch))
+    # a remote version carrying a pickle is refused and nothing is installed
+    (remote / "1.1.0" / "extra.pkl").write_bytes(pickle.dumps([1]))
+    with pytest.raises(pk.InvalidPack, match="pickle"):
+        reg.install(str(remote))
+    assert reg.list() == [] and not reg.path("concept").exists()
+
+
+def test_push_refuses_to_overwrite_a_different_version_at_the_remote(tmp_path, remote):
+    reg = PackRegistry(tmp_path / "data")
+    reg.install(str(remote), "1.0.0")
+    assert reg.push("concept", str(remote))["unchanged"] is True  # same bytes already there
+    make(reg.path("concept"), version="1.0.0", seed=5, overwrite=True)
+    with pytest.raises(pk.SurgeryError, match="bump the pack's version"):
+        reg.push("concept", str(remote))
+    make(tmp_path / "other" / "1.0.0", name="other")
+    with pytest.raises(pk.SurgeryError, match="remote of pack 'other'"):
+        reg.push("concept", str(tmp_path / "other"))

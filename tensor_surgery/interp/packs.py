@@ -325,7 +325,7 @@ def load_pack(folder: Path, *, model_checksum: str | None = None) -> Pack:
     warning = model_mismatch(meta, model_checksum)
     if warning:
         pack.warnings.append(warning)
-        log.warning(warning)
+        log.info(warning)
     return pack
 
 
