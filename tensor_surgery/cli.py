@@ -6,6 +6,15 @@ Every verb takes `--json` for machine-readable output; errors then print `{"erro
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # `python -m tensor_surgery.cli`: run the importable module instead of this __main__ copy, on
+    # whose group the commands of other modules (registered at the end) cannot import and land
+    import sys
+
+    from tensor_surgery.cli import main
+
+    sys.exit(main())
+
 import functools
 import json
 import math
