@@ -361,3 +361,30 @@ def test_web_bad_input_and_nothing_staged_is_lost(web, models, tmp_path):
     assert snap["result"]["path"] == str(out) and (out / "transplant-recipe.json").is_file()
     assert len(names_of(out / "model.safetensors")) == len(tiny_llama_tensors()) + 9
     assert web.get("/api/edits").json()["edits"] == before
+
+
+def test_holes_of_a_sparse_source_read_back_as_the_zeros_they_held(tmp_path, run_cli):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from sparse_models import write_sparse_file
+
+    folder = tmp_path / "models" / "sparse"
+    specs = [(n, "BF16", a.shape) for n, a in tiny_llama_tensors(hidden=64, inter=4096).items()]
+    rng = np.random.default_rng(1)
+    # data at the start of some tensors, holes everywhere else (4 KiB blocks: real holes on ext4)
+    fill = {n: rng.integers(0, 256, 3000, dtype=np.uint8).tobytes() for n, *_ in specs if "up_proj" in n}
+    write_sparse_file(folder / "model.safetensors", specs, fill=fill)
+    out = tmp_path / "out" / "sparse-dup"
+    run_cli(folder, "--duplicate-layer", "0", "--out", out)
+    old, new = load_file(str(folder / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert len(new) == len(old) + 9
+    for name, value in old.items():
+        if name.startswith("model.layers.1."):  # renumbered after the copy of layer 0
+            assert new[name.replace(".1.", ".2.", 1)].tobytes() == value.tobytes(), name
+            continue
+        assert new[name].tobytes() == value.tobytes(), name
+        if name.startswith("model.layers.0."):
+            assert new[name.replace(".0.", ".1.", 1)].tobytes() == value.tobytes(), name
+    assert any(v.tobytes().strip(b"\0") for v in new.values()) and os.stat(out / "model.safetensors").st_blocks * 512 < \
+        os.stat(out / "model.safetensors").st_size / 2  # the holes stayed holes

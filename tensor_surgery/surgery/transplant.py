@@ -586,11 +586,35 @@ class _Sources:
         self.fds.clear()
 
 
+def copy_sparse(sfd: int, dfd: int, src_off: int, dst_off: int, count: int, tick, source) -> None:
+    """`copy_range`, except that holes of a sparse source stay holes (skipped, as `cp` does: the
+    writer sizes each file at the end, and a hole reads as the zeros it held). A file without holes
+    costs two lseeks more."""
+    end = src_off + count
+    pos = src_off
+    while pos < end:
+        try:
+            data = os.lseek(sfd, pos, os.SEEK_DATA)
+        except OSError as e:  # ENXIO: only a hole from here to the end of the file
+            if e.errno != errno.ENXIO:
+                raise
+            data = end
+        data = min(data, end)
+        if data > pos:
+            tick(data - pos)
+            pos = data
+            if pos >= end:
+                break
+        hole = min(os.lseek(sfd, pos, os.SEEK_HOLE), end)
+        copy_range(sfd, dfd, pos, dst_off + (pos - src_off), hole - pos, tick, source)
+        pos = hole
+
+
 def _fill(it: Item, sources: _Sources):
     ref = it.ref
 
     def copy(dfd: int, off: int, tick) -> None:
-        copy_range(sources.fd(ref), dfd, ref.file.data_start + ref.begin, off, ref.nbytes, tick, ref.file)
+        copy_sparse(sources.fd(ref), dfd, ref.file.data_start + ref.begin, off, ref.nbytes, tick, ref.file)
 
     def convert(dfd: int, off: int, tick) -> None:
         src, dst = ref.dtype.element, it.dtype.element
@@ -606,7 +630,7 @@ def _fill(it: Item, sources: _Sources):
     def resize(dfd: int, off: int, tick) -> None:
         row = ref.nbytes // max(ref.shape[0], 1)
         keep = min(ref.shape[0], it.shape[0])
-        copy_range(sources.fd(ref), dfd, ref.file.data_start + ref.begin, off, keep * row, tick, ref.file)
+        copy_sparse(sources.fd(ref), dfd, ref.file.data_start + ref.begin, off, keep * row, tick, ref.file)
         extra = it.shape[0] - keep
         if extra <= 0:
             return

@@ -569,9 +569,11 @@ def write_new_model(
                     os.pwrite(dfd, header, 0)
                     for t, (_, _, _, begin, _end) in zip(shard, entries):
                         t.fill(dfd, len(header) + begin, tick)
-                    if os.fstat(dfd).st_size != len(header) + pos:
-                        raise SurgeryError(f"{dst.name}: wrote {os.fstat(dfd).st_size:,} bytes, expected "
-                                           f"{len(header) + pos:,}")
+                    size = os.fstat(dfd).st_size
+                    if size > len(header) + pos:
+                        raise SurgeryError(f"{dst.name}: wrote {size:,} bytes, expected {len(header) + pos:,}")
+                    if size < len(header) + pos:  # a fill left the source's trailing holes as holes
+                        os.ftruncate(dfd, len(header) + pos)
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
