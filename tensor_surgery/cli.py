@@ -460,7 +460,7 @@ def investigate(model, question, tool, tool_args, show_tools, conversation_id, a
 @json_option
 @handles_errors
 def demo_models(force: bool, as_json: bool) -> None:
-    """Build the real demo models (SmolLM2-135M-Instruct BF16, all-MiniLM-L6-v2) into DATA_DIR/models."""
+    """Build the real demo models (SmolLM2-135M-Instruct BF16 and its Q4_1 GGUF, all-MiniLM-L6-v2) into DATA_DIR/models."""
     try:
         from .live.demo_models import build_demo_models
     except ImportError as e:
@@ -501,6 +501,9 @@ main.add_command(transplant)
 from .interp.pack_cli import pack  # noqa: E402
 
 main.add_command(pack)
+
+from .analysis.cli import analyze, download  # noqa: E402  (analysis/cli.py imports emit & co. from here)
+main.add_command(analyze); main.add_command(download)  # noqa: E702
 
 if __name__ == "__main__":
     main()
