@@ -239,7 +239,7 @@ def read_delta(a: TensorRef, b: TensorRef) -> np.ndarray:
 # -- whole models ------------------------------------------------------------------------------
 
 
-def _regex(pattern: str | None) -> re.Pattern | None:
+def compile_match(pattern: str | None) -> re.Pattern | None:
     if not pattern:
         return None
     try:
@@ -251,7 +251,7 @@ def _regex(pattern: str | None) -> re.Pattern | None:
 def plan_names(base: Model, model: Model, match: str | None = None) -> list[str]:
     """Every tensor name of either model (filtered by `match`), the model's order first, then
     what only the base holds."""
-    rx = _regex(match)
+    rx = compile_match(match)
     names = list(model.tensors) + [n for n in base.tensors if n not in model.tensors]
     return [n for n in names if rx is None or rx.search(n)]
 

@@ -43,10 +43,12 @@ def lora_target(name: str, shape: tuple[int, ...], type_group: str | None) -> st
     return name[: -len(".weight")]
 
 
-def _truncated_svd(d: np.ndarray, r: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _truncated_svd(d: np.ndarray, r: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(U_r, s_r, V_r^T, discarded energy). Exact: the discarded s_i^2 summed (||D||^2 - kept would
+    lose it to cancellation, a floor of ~1e-8 relative); randomized: ||D||^2 - kept, the only way."""
     if d.size <= RANK_EXACT_MAX_ELEMENTS:
         u, s, vt = np.linalg.svd(d, full_matrices=False)
-        return u[:, :r], s[:r], vt[:r]
+        return u[:, :r], s[:r], vt[:r], float(np.sum(s[r:] ** 2))
     rng = np.random.default_rng(seed)
     ell = min(r + 10, *d.shape)
     q, _ = np.linalg.qr(d @ rng.standard_normal((d.shape[1], ell)))
@@ -54,7 +56,8 @@ def _truncated_svd(d: np.ndarray, r: int, seed: int = 0) -> tuple[np.ndarray, np
         z, _ = np.linalg.qr(d.T @ q)
         q, _ = np.linalg.qr(d @ z)
     ub, s, vt = np.linalg.svd(q.T @ d, full_matrices=False)
-    return (q @ ub)[:, :r], s[:r], vt[:r]
+    s, kept = s[:r], float(np.sum(s[:r] ** 2))
+    return (q @ ub)[:, :r], s, vt[:r], max(float(np.sum(d * d)) - kept, 0.0)
 
 
 def extract_lora(base: Model, model: Model, diff_rows: list[dict], rank: int, out: str | os.PathLike,
@@ -91,10 +94,8 @@ def extract_lora(base: Model, model: Model, diff_rows: list[dict], rank: int, ou
             continue
         d = read_delta(base.tensors[name], model.tensors[name])
         k = min(rank, *d.shape)
-        u, s, vt = _truncated_svd(d, k)
+        u, s, vt, discarded = _truncated_svd(d, k)
         energy = float(np.sum(d * d))
-        kept = float(np.sum(s * s))
-        discarded = max(energy - kept, 0.0)
         root = np.sqrt(s)
         prefix = f"base_model.model.{module}"
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray((root[:, None] * vt).astype(np.float32))

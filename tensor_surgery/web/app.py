@@ -22,6 +22,7 @@ from ..workspace import Workspace
 from ..live.service import LiveService
 from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
 from . import routes_recovery, routes_transplant
+from . import routes_diff
 from .compression import NegotiatedGZipMiddleware
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
@@ -38,6 +39,7 @@ ROUTERS = [
     routes_live.ws_router,
     routes_agent.router,
     routes_transplant.router,
+    routes_diff.router,
 ]
 
 DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.
