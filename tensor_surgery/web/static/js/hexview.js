@@ -1,4 +1,5 @@
-// Hex view of the selected region: the bytes as stored (little-endian) and each element decoded.
+// Hex view of the selected region: the bytes as stored (little-endian) and each element decoded
+// (for a GGUF quantized tensor: each block, with its scales, codes and dequantized values).
 // Bytes are editable: changed ones are previewed as a write_hex edit, then staged.
 
 // The focused tensor comes from Focus's events; a byte edit is handed to the editor as a
@@ -64,7 +65,9 @@ async function load(element) {
 function render(h) {
   const bytes = h.hex.match(/../g) || [];
   const rows = [];
-  if (h.elements.length) {
+  if (h.blocks && h.blocks.length) {
+    rows.push(...blockRows(h, bytes));
+  } else if (h.elements.length) {
     for (const e of h.elements) {
       const cells = [];
       for (let b = e.byte_offset; b < e.byte_offset + e.byte_length; b++) {
@@ -84,7 +87,37 @@ function render(h) {
     el("table", { class: "hexdump", id: "hex-table" },
       el("tr", {}, ...["index", "byte", "bytes (file order)", "bits", "value"].map((t) => el("th", {}, t))),
       ...rows),
-    el("div", { class: "muted" }, `${h.view} · ${h.dtype} · bytes ${h.offset}..${h.offset + h.length} of ${fmtNum(h.nbytes)}`));
+    el("div", { class: "muted" }, `${h.view} · ${h.dtype}` + (h.block_bytes ? ` · blocks of ${h.block_elements} values in ${h.block_bytes} bytes` : "")
+      + ` · bytes ${h.offset}..${h.offset + h.length} of ${fmtNum(h.nbytes)}`));
+}
+
+// A GGUF quantized tensor: each block its fields (scales decoded, codes listed) and the values it
+// dequantizes to. Bytes inside the answer's range are editable like any other.
+function blockRows(h, bytes) {
+  const rows = [];
+  for (const b of h.blocks) {
+    rows.push(el("tr", { class: "block-head" },
+      el("td", { colspan: 5 }, el("strong", {}, `block ${fmtNum(b.block_index)}`),
+        ` · bytes ${fmtNum(b.byte_offset)}..${fmtNum(b.byte_offset + b.byte_length)} · from [${b.first_index.join(",")}]`)));
+    for (const f of b.fields) {
+      const cells = [];
+      for (let k = 0; k < f.byte_length; k++) {
+        const at = f.byte_offset + k - h.offset;
+        cells.push(at >= 0 && at < bytes.length ? byteInput(bytes[at], f.byte_offset + k) : el("span", { class: "muted" }, f.hex.slice(2 * k, 2 * k + 2)));
+      }
+      const v = f.value;
+      const shown = Array.isArray(v) ? v.join(" ") : v === null ? "" : fmtNum(v, { signedZero: true });
+      rows.push(el("tr", { "data-field": f.name },
+        el("td", {}, f.name), el("td", { class: "muted" }, f.byte_offset),
+        el("td", { class: "byte" }, ...cells), el("td", { class: "muted" }, f.kind), el("td", { class: "field-value" }, shown)));
+    }
+    if (b.values) {
+      rows.push(el("tr", { class: "block-values" },
+        el("td", {}, "values"), el("td", {}, ""),
+        el("td", { colspan: 3, class: "muted" }, b.values.map((x) => fmtNum(x, { signedZero: true })).join("  "))));
+    }
+  }
+  return rows;
 }
 
 function byteInput(hex, offset) {
