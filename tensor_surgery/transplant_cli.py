@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .cli import _byte_bar, _open, _protected_folders, emit, handles_errors, json_option
-from .errors import InvalidRequest, SurgeryError
+from .errors import InvalidRequest
 
 
 def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
@@ -47,7 +47,7 @@ def _print_plan(plan: dict) -> None:
 
 
 @click.command("transplant")
-@click.argument("target", required=False, type=click.Path(path_type=Path))
+@click.argument("target", required=False, type=click.Path(path_type=Path), metavar="TARGET|RECIPE")
 @click.option("--out", type=click.Path(path_type=Path), help="The new model: a folder (or a .safetensors file).")
 @click.option("--source", type=click.Path(path_type=Path), help="Where tensors come from (default: TARGET itself).")
 @click.option("--map", "maps", multiple=True, metavar="FROM=TO",
@@ -85,6 +85,9 @@ def transplant(target, out, source, maps, dup, rem, renames, deletes, dtype_poli
     from .surgery.writer import parse_size
 
     recipe = None
+    if recipe_file is None and target is not None and target.suffix == ".json" and not target.name.endswith(
+            ".index.json") and target.is_file():
+        recipe_file, target = target, None  # `transplant RECIPE --out OUT`
     if recipe_file is not None:
         if target or source or maps or dup or rem or renames or deletes or resize_vocab or max_shard_size:
             raise InvalidRequest("--recipe says everything: give only --out (and --dry-run, --overwrite)", field="recipe")
@@ -100,7 +103,9 @@ def transplant(target, out, source, maps, dup, rem, renames, deletes, dtype_poli
     if out is None and not dry_run:
         raise InvalidRequest("give --out (a new folder or .safetensors file), or --dry-run", field="out")
     if out is not None and Path(out).exists() and not overwrite and not dry_run:
-        raise SurgeryError(f"{out} already exists; choose another output or add --overwrite", field="out")
+        from .surgery.writer import OutputExists
+
+        raise OutputExists(f"{out} already exists; choose another output or add --overwrite", path=str(out))
 
     tgt = _open(target)
     src = _open(source) if source is not None else None

@@ -277,8 +277,10 @@ def test_recipe_rerun_is_byte_identical_and_refuses_changed_weights(models, run_
             "--recipe-out", copy)
     assert copy.read_bytes() == (first / "transplant-recipe.json").read_bytes()
     again = tmp_path / "out" / "again"
-    run_cli("--recipe", first / "transplant-recipe.json", "--out", again)
+    run_cli(first / "transplant-recipe.json", "--out", again)  # `transplant RECIPE --out OUT`
     assert tree_digest(first) == tree_digest(again)
+    r = run_cli("--recipe", copy, "--out", again, "--json", code=2)
+    assert json.loads(r.output)["error"]["code"] == "output_exists"
     # the source's weights change: the recipe is refused, naming it
     tensors = tiny_llama_tensors(seed=5)
     save_file(tensors, str(source / "model.safetensors"))

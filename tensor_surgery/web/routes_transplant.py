@@ -84,9 +84,15 @@ def model_tensors(ws: WorkspaceDep, path: Annotated[str | None, Query(max_length
 
 @router.post("/plan", summary="The plan: each source -> target pair with shapes, dtypes, bytes and a compatibility "
              "verdict (ok / warning / will_fail) and reason; nothing is written")
-def plan(body: TransplantRequest, ws: WorkspaceDep) -> dict:
+def plan(body: TransplantRequest, ws: WorkspaceDep, staging: StagingDep) -> dict:
     target, source = _models(ws, body)
-    return plan_transplant(target, source, body.spec()).to_json()
+    result = plan_transplant(target, source, body.spec()).to_json()
+    staged = staging.staged_tensors(target)
+    if staged:
+        result["notes"].append(f"{target.name} has staged edits in {len(staged)} tensor(s): a written transplant reads "
+                               "its files as they are on disk, without them (export them first to include them); "
+                               "staging the transplant builds on them")
+    return result
 
 
 @router.post("/stage", summary="Stage a same-shape, same-dtype plan as byte edits on the open model (409 otherwise)")
