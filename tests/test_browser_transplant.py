@@ -56,6 +56,12 @@ def test_module_transplant_from_the_view_shows_plan_warning_and_output(browser, 
         page.click("#tp-write")
         ui.wait_text("#tp-output", f"wrote {out}")
         assert "transplant-recipe.json" in page.text_content("#tp-output")
+        # open the output: the page switches to it, and the view resets (nothing shown was about it)
+        page.click("#tp-open-output")
+        page.wait_for_function("document.getElementById('model-name').textContent === 'from-the-view'")
+        page.wait_for_function("document.getElementById('tp-target-facts').textContent.startsWith('from-the-view')")
+        assert page.locator("#tp-plan *").count() == 0 and page.locator("#tp-pairs li").count() == 0
+        assert page.input_value("#tp-source-path") == "" and page.locator("#tp-output").count() == 0
     with safe_open(str(out / "model.safetensors"), "numpy") as f, \
             safe_open(str(source / "model.safetensors"), "numpy") as s:
         for p in "qkvo":
