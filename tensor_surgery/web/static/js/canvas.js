@@ -76,6 +76,7 @@ export class TensorCanvas {
     this.labelsDrawn = []; // band labels of the last frame: {label, x, y, pinned} (read by tests)
     this.dirty = true;
     this.groupsOff = new Set();
+    this.colours = null; // an override of the type colours ("canvas-colours" in state.js), or null
     this.resizeObserver = new ResizeObserver(() => this.resize());
     this.resizeObserver.observe(canvas);
     this.bindInput();
@@ -225,8 +226,9 @@ export class TensorCanvas {
     for (const it of this.items) {
       if (!this.visible(it)) continue;
       const dim = this.dimmed(it);
-      const key = it.group + (dim ? ":dim" : "");
-      if (!rgba.has(key)) rgba.set(key, rgbaOf(groupColor(it.group), dim ? 0.18 : 1));
+      const colour = this.tileColour(it);
+      const key = colour + (dim ? ":dim" : "");
+      if (!rgba.has(key)) rgba.set(key, rgbaOf(colour, dim ? 0.18 : 1));
       const c = rgba.get(key);
       const x0 = Math.round(it.x * cell), y0 = Math.round(it.y * cell);
       const x1 = Math.max(x0 + 1, Math.round((it.x + it.w) * cell) - 1);
@@ -423,13 +425,22 @@ export class TensorCanvas {
     }
   }
 
+  // A tile's fill: its type group's colour, or the override's (a number 0..1 on the ramp, a CSS
+  // colour for a mark such as "missing on one side", NO_COLOUR for a tensor the override omits).
+  tileColour(it) {
+    if (!this.colours) return groupColor(it.group);
+    const v = this.colours.byName.get(it.t.name);
+    if (typeof v === "number") return rampColour(v);
+    return typeof v === "string" ? v : cssVar("--line") || "#444";
+  }
+
   tileRect(it, s) {
     const pad = Math.max(1, s * GAP);
     return [this.tx + it.x * s + pad / 2, this.ty + it.y * s + pad / 2, Math.max(1, it.w * s - pad), Math.max(1, it.h * s - pad)];
   }
 
   drawTiles(ctx, s) {
-    const wantThumbs = s >= THUMB_FROM_PX && state.prefs.thumbs;
+    const wantThumbs = s >= THUMB_FROM_PX && state.prefs.thumbs && !this.colours; // a colour override is the view
     const missing = [];
     const stagedColor = cssVar("--warn");
     const mono = cssVar("--mono") || "monospace";
@@ -441,7 +452,7 @@ export class TensorCanvas {
       const [x, y, w, h] = this.tileRect(it, s);
       const dim = this.dimmed(it);
       ctx.globalAlpha = dim ? 0.18 : 1;
-      ctx.fillStyle = groupColor(it.group);
+      ctx.fillStyle = this.tileColour(it);
       ctx.fillRect(x, y, w, h);
       if (wantThumbs) {
         const th = this.thumbs.get(it.t.name);
@@ -958,6 +969,47 @@ function hexToRgb(color) {
   return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
 }
 
+// The override's ramp, 0..1: viridis at five stops (dark = little, yellow = much), readable on
+// both themes and by most colour-blind readers.
+const RAMP = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
+function rampColour(v) {
+  const x = Math.min(1, Math.max(0, Number.isFinite(v) ? v : 0)) * (RAMP.length - 1);
+  const i = Math.min(RAMP.length - 2, Math.floor(x)), f = x - i;
+  const c = RAMP[i].map((a, k) => Math.round(a + (RAMP[i + 1][k] - a) * f));
+  return `#${c.map((n) => n.toString(16).padStart(2, "0")).join("")}`;
+}
+
+// The override's legend: its title, the ramp with its scale (ticks: [{at 0..1, label}]), and marks.
+function renderColourLegend(container, legend) {
+  const bar = document.createElement("span");
+  bar.className = "ramp-bar";
+  bar.style.background = `linear-gradient(to right, ${[0, 0.25, 0.5, 0.75, 1].map(rampColour).join(", ")})`;
+  const ticks = document.createElement("span");
+  ticks.className = "ramp-ticks";
+  for (const t of legend.ticks || []) {
+    const tick = document.createElement("span");
+    tick.style.left = `${t.at * 100}%`;
+    tick.textContent = t.label;
+    ticks.append(tick);
+  }
+  const ramp = document.createElement("span");
+  ramp.className = "legend-ramp";
+  ramp.append(bar, ticks);
+  const marks = (legend.marks || []).map((m) => {
+    const item = document.createElement("span");
+    item.className = "legend-item legend-mark";
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = m.colour;
+    item.append(sw, m.label);
+    return item;
+  });
+  const title = document.createElement("span");
+  title.className = "legend-title";
+  title.textContent = legend.title || "";
+  setChildren(container, title, ramp, ...marks);
+}
+
 function toggleSizeMode() {
   savePrefs({ tileArea: !state.prefs.tileArea }); // the "prefs" listener lays the canvas out again
 }
@@ -997,7 +1049,15 @@ export function initCanvas() {
   document.getElementById("zoom-out").addEventListener("click", () => view.zoomBy(1 / 1.4));
   document.getElementById("zoom-fit").addEventListener("click", () => view.fit());
   sizeBtn.addEventListener("click", toggleSizeMode);
+  on("canvas-colours", (detail) => {
+    view.colours = detail && detail.byName ? detail : null;
+    const legend = document.getElementById("canvas-legend");
+    if (view.colours) renderColourLegend(legend, view.colours.legend || {});
+    else renderLegend(legend, view);
+    view.rebuildBitmap();
+  });
   on("tensors", () => {
+    view.colours = null; // an override was about the model before
     renderLegend(document.getElementById("canvas-legend"), view); // first: fit() leaves room for it
     view.setTensors(state.tensors);
   });

@@ -15,6 +15,7 @@ import { initPatches } from "./patches.js";
 import { initRecovery } from "./recovery.js";
 import { emit, select, showError, state } from "./state.js";
 import { initTransplant } from "./transplant.js";
+import { initDiff } from "./diff.js";
 
 window.addEventListener("error", (e) => showError(e.error || new Error(e.message)));
 window.addEventListener("unhandledrejection", (e) => showError(e.reason));
@@ -61,5 +62,6 @@ initRecovery();
 initLive();
 initInvestigate();
 initTransplant();
+initDiff();
 loadModel();
 window.__ts = { state, select, canvas: canvasView }; // handy in the console and for browser tests

@@ -34,6 +34,7 @@ export const EVENTS = Object.freeze({
   "live-logits": "the live model pushed next-token logits (message)",
   "tab-shown": "a sidebar tab became visible (its name)",
   notice: "show a short status line in the header ({text, kind})",
+  "canvas-colours": "colour the canvas tiles by a measure instead of type group ({byName: Map name -> 0..1 on the ramp | CSS colour for a mark, legend: {title, ticks: [{at, label}], marks: [{label, colour}]}}), or back to type colours (null)",
 });
 
 function checkEvent(event) {
