@@ -498,6 +498,10 @@ def gguf_kv(key: str, vtype: int, payload: bytes) -> bytes:
     return gguf_string(key) + struct.pack("<I", vtype) + payload
 
 
+# imported here, once: the first GGUF opened in a process imports the gguf package (~0.2 s), which
+# is not what a hostile case's time limit measures
+import tensor_surgery.store.gguf  # noqa: E402,F401
+
 Q8_0 = 8  # GGML type ids
 F32 = 0
 _ONE_F32 = [("w", [8], F32, 0)]

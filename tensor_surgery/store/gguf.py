@@ -127,22 +127,21 @@ def _ggml_types() -> dict[str, GGMLType]:
         block_elems, block_bytes = GGML_QUANT_SIZES[t]
         traits = q._type_traits.get(t)  # the types gguf implements (dequantize, and maybe quantize)
         decodable = traits is not None
-        quantizable = decodable and _can_quantize(traits, t, block_elems)
+        quantizable = decodable and _can_quantize(t, block_elems)
         out[t.name] = GGMLType(t.name, 32, np.dtype(np.float32) if decodable else None, "float", False,
                                t.value, block_elems, block_bytes, quantizable)
     return out
 
 
-def _can_quantize(traits, t, block_elems: int) -> bool:
-    """Whether gguf implements quantize for this type (it raises NotImplementedError otherwise)."""
+def _can_quantize(t, block_elems: int) -> bool:
+    """Whether gguf implements quantize for this type: asked of the library, which raises
+    NotImplementedError for the types it only dequantizes (the K-quants, IQ types)."""
     import gguf.quants as q
 
     try:
         q.quantize(np.zeros((1, block_elems), np.float32), t)
         return True
-    except NotImplementedError:
-        return False
-    except Exception:
+    except Exception:  # noqa: BLE001 (NotImplementedError, or any failure: then it is not editable)
         return False
 
 
@@ -156,10 +155,6 @@ def ggml_dtype(type_id: int) -> DType | None:
     if type_id in _PLAIN:
         return DTYPES[_PLAIN[type_id]]
     return _BY_ID.get(type_id)
-
-
-def ggml_name(dtype: DType) -> str:
-    return dtype.name
 
 
 def is_quantized(dtype: DType) -> bool:
@@ -484,10 +479,6 @@ class GGUFModel(Model):
     def header(self) -> GGUFHeader:
         return self.files[0].header
 
-    def ggml_type(self, name: str) -> str:
-        t = self.tensors[name].dtype
-        return t.name
-
     def summary(self) -> dict:
         out = super().summary()
         h = self.header
@@ -532,9 +523,9 @@ def dequantize_blocks(dtype: GGMLType, raw: np.ndarray) -> np.ndarray:
 
     if not dtype.decodable:
         raise dtype.undecodable()
-    nblocks = raw.size // dtype.block_bytes
+    # one row: gguf works over groups of 16 rows, which for one block per row costs 30x the math
     with np.errstate(all="ignore"):  # a hostile scale of inf or NaN gives inf/NaN values, not warnings
-        out = q.dequantize(raw.reshape(nblocks, dtype.block_bytes), dtype.qtype)
+        out = q.dequantize(raw.reshape(1, -1), dtype.qtype)
     return np.ascontiguousarray(out, dtype=np.float32).reshape(-1)
 
 
@@ -544,7 +535,7 @@ def quantize_values(dtype: GGMLType, values: np.ndarray) -> bytes:
 
     if not dtype.quantizable:
         raise dtype.read_only()
-    v = np.asarray(values, dtype=np.float32).reshape(-1, dtype.block_elems)
+    v = np.asarray(values, dtype=np.float32).reshape(1, -1)  # one row: see dequantize_blocks
     with np.errstate(all="ignore"):
         return np.ascontiguousarray(q.quantize(v, dtype.qtype)).tobytes()
 
