@@ -102,10 +102,6 @@ def transplant(target, out, source, maps, dup, rem, renames, deletes, dtype_poli
                               dtype_policy, resize_vocab, parse_size(max_shard_size) if max_shard_size else None)
     if out is None and not dry_run:
         raise InvalidRequest("give --out (a new folder or .safetensors file), or --dry-run", field="out")
-    if out is not None and Path(out).exists() and not overwrite and not dry_run:
-        from .surgery.writer import OutputExists
-
-        raise OutputExists(f"{out} already exists; choose another output or add --overwrite", path=str(out))
 
     tgt = _open(target)
     src = _open(source) if source is not None else None

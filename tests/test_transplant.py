@@ -312,6 +312,14 @@ def test_bad_input_is_refused_with_a_specific_error(models, run_cli, tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
     e = err(target, "--out", tmp_path / "x")
     assert e["code"] == "invalid_request" and "nothing to do" in e["message"]
+    e = err(target, "--map", "layer 1=layer 0", "--max-shard-size", "4KB", "--out", tmp_path / "one.safetensors")
+    assert e["field"] == "out" and "shards" in e["message"]
+    e = err(target, "--duplicate-layer", "1", "--out", tmp_path / "one.safetensors")
+    assert e["field"] == "out" and "config.json" in e["message"]
+    # a single-file output: the recipe goes beside it
+    run_cli(target, "--source", source, "--map", "layer 1=layer 0", "--out", tmp_path / "one.safetensors")
+    assert names_of(tmp_path / "one.safetensors") == names_of(target / "model.safetensors")
+    assert json.loads((tmp_path / "one.recipe.json").read_text())["map"] == [["layer 1", "layer 0"]]
 
 
 def test_disk_full_mid_write_leaves_no_torn_output(models, tmp_path, monkeypatch):

@@ -41,7 +41,8 @@ from ..store import Model, TensorReader, TensorRef
 from ..store.dtypes import DType, get_dtype
 from ..store.layout import infer_layout
 from .ops import ByteRun
-from .writer import SIDE_FILES, NewTensor, Progress, check_new_output, copy_range, start_writeback, write_new_model
+from .writer import (SIDE_FILES, NewTensor, Progress, check_new_output, copy_range, group_shards, start_writeback,
+                     write_new_model)
 from .writer import _open_source
 
 CHUNK_BYTES = 4 << 20  # converted and resized tensors pass through memory this much at a time
@@ -67,6 +68,12 @@ class DtypeRefused(SurgeryError):
 
 class DiskFull(SurgeryError):
     code = "disk_full"
+    http_status = 409
+    exit_code = 1
+
+
+class WriteFailed(SurgeryError):
+    code = "write_failed"
     http_status = 409
     exit_code = 1
 
@@ -671,9 +678,18 @@ def default_shard_bytes(target: Model) -> int | None:
 def check_output(plan: Plan, out: str | os.PathLike, overwrite: bool = False, protected=()) -> None:
     reading = {f.path for m in (plan.target, plan.source) for f in m.files} | {plan.target.path, plan.source.path}
     check_new_output(Path(out), reading, overwrite, protected)
-    if Path(out).suffix == ".safetensors" and plan.config_changed:
-        raise InvalidRequest(f"{out}: this transplant changes config.json, which a single .safetensors file "
-                             "cannot carry: write to a folder", field="out")
+    if Path(out).suffix == ".safetensors":
+        if plan.config_changed:
+            raise InvalidRequest(f"{out}: this transplant changes config.json, which a single .safetensors file "
+                                 "cannot carry: write to a folder", field="out")
+        shards = len(group_shards(plan.items, _max_shard(plan)))
+        if shards > 1:
+            raise InvalidRequest(f"{out}: the new model takes {shards} shards at that size: write to a folder",
+                                 field="out")
+
+
+def _max_shard(plan: Plan) -> int | None:
+    return plan.spec.max_shard_bytes if plan.spec.max_shard_bytes is not None else default_shard_bytes(plan.target)
 
 
 def write_transplant(plan: Plan, out: str | os.PathLike, *, recipe: dict | None = None, overwrite: bool = False,
@@ -682,7 +698,7 @@ def write_transplant(plan: Plan, out: str | os.PathLike, *, recipe: dict | None 
     target's config (updated), tokenizer and other side files, and the recipe beside the weights."""
     out = Path(out)
     check_output(plan, out, overwrite, protected)
-    max_shard = plan.spec.max_shard_bytes if plan.spec.max_shard_bytes is not None else default_shard_bytes(plan.target)
+    max_shard = _max_shard(plan)
     sources = _Sources()
     tensors = [NewTensor(i.name, i.dtype.name, i.shape, i.nbytes, _fill(i, sources)) for i in plan.items]
     side: dict[str, str | bytes] = {}
@@ -708,8 +724,8 @@ def write_transplant(plan: Plan, out: str | os.PathLike, *, recipe: dict | None 
             raise DiskFull(f"the disk holding {out.parent} filled up while writing the new model; nothing was "
                            "left at the output (the partial files were removed). Free some space, or choose "
                            "another output folder, and run it again", path=str(out)) from None
-        raise SurgeryError(f"writing {out} failed: {e.strerror or e}; nothing was left at the output",
-                           path=str(out)) from None
+        raise WriteFailed(f"writing {out} failed: {e.strerror or e}; nothing was left at the output",
+                          path=str(out)) from None
     if recipe is not None and out.suffix == ".safetensors":
         from .library import atomic_write
 
