@@ -353,6 +353,31 @@ def test_unwritable_output_folder(tiny_pair, tmp_path, run):
     assert list(locked.iterdir()) == []
 
 
+def test_failed_write_exits_1_and_leaves_nothing(tiny_pair, tmp_path, run, monkeypatch):
+    import errno
+
+    from tensor_surgery.surgery import library
+
+    real = library.atomic_write
+
+    def full_disk(path, data, *a, **kw):  # the real write, cut short the way a full disk cuts it
+        def refuse(*_a, **_kw):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(library.os, "replace", refuse)
+        try:
+            real(path, data, *a, **kw)
+        finally:
+            monkeypatch.undo()
+
+    monkeypatch.setattr(library, "atomic_write", full_disk)
+    a, b, *_ = tiny_pair
+    res = run("diff", a, b, "--out", tmp_path / "d.jsonl", "--json")
+    assert res.exit_code == 1, res.output
+    err = json.loads(res.output)["error"]
+    assert err["code"] == "write_failed" and "No space left" in err["message"]
+    assert not list(tmp_path.glob("*d.jsonl*"))  # neither the table nor its temporary file
+
+
 def test_dead_ray_address_fails_fast_and_writes_nothing(tiny_pair, tmp_path, run):
     import socket
 
