@@ -249,6 +249,18 @@ def test_private_key_file_is_0600_whatever_the_umask_and_never_overwritten(data_
     assert [k["name"] for k in s.trusted()] == ["wide"]
 
 
+def test_a_private_key_others_can_read_is_refused(data_dir, tiny_model):
+    s = sg.KeyStore(data_dir)
+    s.new("loose")
+    key = data_dir / "keys" / "loose.key"
+    key.chmod(0o644)
+    with pytest.raises(sg.InvalidKeyFile, match="chmod 600") as info:
+        s.private_key("loose")
+    assert info.value.context["field"] == "mode" and info.value.context["file"] == str(key)
+    key.chmod(0o600)
+    assert sg.check(sg.sign(real_patch(tiny_model), s.private_key("loose"), "loose"), s.trusted_fingerprints()).status == "trusted"
+
+
 def test_new_key_refuses_a_planted_key_file_or_link_and_never_writes_through_it(data_dir, tmp_path):
     s = sg.KeyStore(data_dir)
     s.folder.mkdir(parents=True)

@@ -53,6 +53,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,6 +438,10 @@ class KeyStore:
         if not path.is_file():
             raise KeyNotFound(f"no private key named {name!r} in {self.folder} (create one with "
                               f"`tensor-surgery keys new {name}`)", name=name, file=str(path))
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:  # as ssh does: a key others could read may have been copied already
+            raise InvalidKeyFile(f"{path} is readable or writable by others (mode {mode:04o}); make it private "
+                                 f"with `chmod 600 {path}` (and consider it leaked)", file=str(path), field="mode")
         try:
             key = load_pem_private_key(_read_small(path, "private key"), password=None)
         except (ValueError, TypeError) as e:

@@ -103,7 +103,7 @@ def compose(body: ComposeRequest, library: LibraryDep, staging: StagingDep, mode
     return library.save(body.out_name, composed, overwrite=body.overwrite)
 
 
-@router.get("/{name}", summary="A patch: its summary and entries (the first `limit`)")
+@router.get("/{name}", summary="A patch: its summary, entries (the first `limit`) and `signature_status`")
 def show_patch(name: PatchName, library: LibraryDep, settings: SettingsDep,
                limit: Annotated[int, Query(ge=0, le=100_000)] = 500) -> dict:
     patch = library.read(name)

@@ -156,7 +156,10 @@ function annotate(p, descNode) {
       showError(e, document.getElementById("patches-error"));
     }
   } }, "Save description");
-  setChildren(descNode, ta, el("div", { class: "row" }, save, el("button", { onclick: refresh }, "Cancel")));
+  // the description is signed: a new one would make the signature INVALID, so the server removes it
+  const signed = p.signature && p.signature.status !== "unsigned"
+    ? el("div", { class: "warn-msg" }, "Saving a new description removes this patch's signature (the description is part of what is signed).") : null;
+  setChildren(descNode, ta, signed, el("div", { class: "row" }, save, el("button", { onclick: refresh }, "Cancel")));
   ta.focus();
 }
 
