@@ -15,8 +15,10 @@
 - verify: `verify_patches` of the same (parsed) patch against the model, MB/s of patch data.
 
 Ends with `RESULT export_vs_cp=... export_vs_cp_fsync=... apply_mb_s=... verify_mb_s=...
-parse_mb_s=...` (export_vs_cp = ours / cp, lower is better, target <= 1.3; export_vs_cp_fsync =
-ours / (cp then fsync of every file): the same durability as ours; parse_mb_s = MB of .hexpatch
+parse_mb_s=... sign_1mb_ms=... verify_signature_1mb_ms=... sign_vs_parse=... verify_signature_vs_parse=...`
+(export_vs_cp = ours / cp, lower is better, target <= 1.3; export_vs_cp_fsync =
+ours / (cp then fsync of every file): the same durability as ours; sign/verify_signature: Ed25519
+signing and checking a 1 MB cut of the same .hexpatch, against parsing that file; parse_mb_s = MB of .hexpatch
 file parsed per second, target >= 50).
 """
 
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from tensor_surgery.store import open_model  # noqa: E402
 from tensor_surgery.surgery import hexpatch as hp  # noqa: E402
+from tensor_surgery.surgery import signing  # noqa: E402
 from tensor_surgery.surgery.apply import runs_for_patches, verify_patches  # noqa: E402
 from tensor_surgery.surgery.writer import export_model  # noqa: E402
 
@@ -108,6 +111,33 @@ def region_patch(model, region: int = 50_000_000, every: int = 640, width: int =
     return hp.HexPatch(entries, f"~{width / every:.0%} of {region / 1e6:.0f} MB").dumps().encode()
 
 
+def signing_times(patch: hp.HexPatch, repeat: int) -> dict:
+    """Best-of times to parse, sign and check the signature of the first ~1 MB of `patch` (the
+    parse of the same file is the same-run reference). The key is made in memory."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    per_entry = len(patch.dumps()) / len(patch.entries)
+    cut = hp.HexPatch(patch.entries[: max(1, int(1e6 / per_entry))], "1 MB of the region patch")
+    key = Ed25519PrivateKey.generate()
+    signed = signing.sign(cut, key, "bench")
+    data = signed.dumps().encode()
+    trusted = {signed.extra[signing.BLOCK]["fingerprint"]: "bench"}
+    times: dict[str, list[float]] = {"parse": [], "sign": [], "verify": []}
+    for _ in range(repeat + 1):
+        gc.collect()
+        t0 = time.perf_counter()
+        parsed = hp.loads(data, "signed.hexpatch")
+        t1 = time.perf_counter()
+        signing.sign(cut, key, "bench")
+        t2 = time.perf_counter()
+        status = signing.check(parsed, trusted)
+        t3 = time.perf_counter()
+        assert status.status == "trusted", status
+        for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+            times[k].append(dt)
+    return {"mb": len(data) / 1e6, "entries": len(cut.entries), **{k: min(v[1:] or v) for k, v in times.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=SMOLLM2)
@@ -169,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     drop(out)
     model.close()
     ph = {k: min(v) for k, v in phases.items()}
+    sig = signing_times(patch, args.repeat)
     apply_s = ph["parse"] + ph["verify+runs"] + ph["export"]
     apply_mb_s = patch_mb / apply_s
     verify_mb_s = patch_mb / ph["verify"]
@@ -193,11 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'verify (verify_patches, parsed patch)':44} {ph['verify']:8.3f} {verify_mb_s:9.1f}")
     parse_mb_s = len(data) / 1e6 / ph["parse"]
     print(f"{'parse (hexpatch.loads), MB of .hexpatch file':44} {ph['parse']:8.3f} {parse_mb_s:9.1f}")
+    print(f"signed patches, a {sig['mb']:.2f} MB .hexpatch ({sig['entries']:,} entries): parse {sig['parse'] * 1e3:.1f} ms, "
+          f"sign {sig['sign'] * 1e3:.1f} ms ({sig['sign'] / sig['parse']:.2f}x parse), "
+          f"verify the signature {sig['verify'] * 1e3:.1f} ms ({sig['verify'] / sig['parse']:.2f}x parse)")
     print(f"target export_vs_cp <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'} ({ratio:.2f}); "
           f"vs cp+fsync (same durability): {ratio_fsync:.2f}; "
           f"target parse >= 50 MB/s: {'met' if parse_mb_s >= 50 else 'NOT met'} ({parse_mb_s:.0f})")
     print(f"RESULT export_vs_cp={ratio:.3f} export_vs_cp_fsync={ratio_fsync:.3f} apply_mb_s={apply_mb_s:.1f} "
-          f"verify_mb_s={verify_mb_s:.1f} parse_mb_s={parse_mb_s:.1f}")
+          f"verify_mb_s={verify_mb_s:.1f} parse_mb_s={parse_mb_s:.1f} sign_1mb_ms={sig['sign'] * 1e3:.1f} "
+          f"verify_signature_1mb_ms={sig['verify'] * 1e3:.1f} sign_vs_parse={sig['sign'] / sig['parse']:.2f} "
+          f"verify_signature_vs_parse={sig['verify'] / sig['parse']:.2f}")
     return 0
 
 

@@ -505,5 +505,9 @@ main.add_command(pack)
 from .analysis.cli import analyze, download  # noqa: E402  (analysis/cli.py imports emit & co. from here)
 main.add_command(analyze); main.add_command(download)  # noqa: E702
 
+from .analysis.cluster_cli import cluster  # noqa: E402
+
+main.add_command(cluster)
+
 if __name__ == "__main__":
     main()
