@@ -23,7 +23,6 @@ from ..live.service import LiveService
 from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
 from . import routes_recovery, routes_transplant
 from . import routes_diff
-from . import routes_clustering
 from .compression import NegotiatedGZipMiddleware
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
@@ -41,7 +40,6 @@ ROUTERS = [
     routes_agent.router,
     routes_transplant.router,
     routes_diff.router,
-    routes_clustering.router,
 ]
 
 DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.
