@@ -3,6 +3,10 @@
 A patch is a list of byte replacements, each relative to the first byte of one tensor's data, so
 it survives re-sharding and re-packing. Applying is all or nothing: every entry's original bytes
 must match, entries of one patch must not overlap, tensors must exist and ranges must fit.
+
+Top-level keys this module does not know are kept in `HexPatch.extra` and written back unchanged;
+that is how the `signature` block of a signed patch (surgery/signing.py) travels through every
+reader and writer here without being checked or lost.
 """
 
 from __future__ import annotations
