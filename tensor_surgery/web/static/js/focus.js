@@ -70,13 +70,17 @@ function ggufSection(m) {
   return el("div", { class: "section", id: "gguf-meta" },
     el("h4", {}, "GGUF file"),
     el("dl", { class: "kv" },
-      ...kv("architecture", g.architecture ?? "-"), ...kv("context length", g.context_length ?? "-"),
-      ...kv("layers", g.block_count ?? "-"), ...kv("embedding", g.embedding_length ?? "-"),
+      ...kv("architecture", g.architecture ?? "-"), ...kv("context length", num(g.context_length)),
+      ...kv("layers", num(g.block_count)), ...kv("embedding", num(g.embedding_length)),
       ...kv("tokenizer", `${g.tokenizer ?? "-"}${g.vocab_size ? ` · ${fmtNum(g.vocab_size)} tokens` : ""}`),
       ...kv("GGML types", Object.entries(g.ggml_types).map(([k, n]) => `${k}×${n}`).join(", ")),
       ...kv("version", `GGUF v${g.version} · alignment ${g.alignment} · data at ${fmtNum(g.data_offset)}`)),
     el("details", {}, el("summary", {}, `metadata (${Object.keys(g.kv).length} keys)`),
       el("table", { class: "gguf-kv" }, ...rows)));
+}
+
+function num(v) {
+  return typeof v === "number" ? fmtNum(v) : v ?? "-";
 }
 
 // A GGUF tensor's type line: how it is stored, and whether value edits are possible.
