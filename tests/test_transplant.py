@@ -83,6 +83,10 @@ def test_same_shape_transplant_staged_then_exported_holds_the_source_bytes(web, 
     assert staged.status_code == 200, staged.text
     edits = web.get("/api/edits").json()["edits"]
     assert len(edits) == 1 and "transplant" in edits[0]["description"]
+    saved = web.post("/api/patches", json={"name": "attn-from-source", "description": "a staged transplant"})
+    assert saved.status_code in (200, 201), saved.text
+    patch = json.loads((tmp_path / "patches" / "attn-from-source.hexpatch").read_text())
+    assert {e["tensor_name"] for e in patch["patches"]} == {e["target"] for e in plan["entries"]}
     out = tmp_path / "data" / "exports" / "staged-transplant"
     job = web.post("/api/export", json={"out": str(out)}).json()["job"]
     assert wait_job(web, job["id"])["state"] == "done"
@@ -124,7 +128,7 @@ def smol31(smol_dir, tmp_path_factory):
 
 def test_duplicate_layer_10_of_smollm2_loads_and_runs_with_31_layers(smol31, smol_dir):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     out, result = smol31
     assert result["plan"]["config_changes"] == {"num_hidden_layers": [30, 31]}
@@ -145,10 +149,9 @@ def test_duplicate_layer_10_of_smollm2_loads_and_runs_with_31_layers(smol31, smo
                 assert new.get_tensor(name).tobytes() == was
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
     assert model.config.num_hidden_layers == 31 and len(model.model.layers) == 31
-    tok = AutoTokenizer.from_pretrained(out)
-    with torch.no_grad():
-        logits = model(**tok("The capital of France is", return_tensors="pt")).logits
-    assert logits.shape[-1] == 49152 and torch.isfinite(logits).all()
+    with torch.no_grad():  # token ids of "The capital of France is" (the tokenizer file is compared below)
+        logits = model(torch.tensor([[504, 3575, 282, 4649, 314]])).logits
+    assert logits.shape == (1, 5, 49152) and torch.isfinite(logits).all()
     # the tokenizer and other side files came along, byte for byte; the recipe is beside the weights
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (out / f).read_bytes() == (smol_dir / f).read_bytes()
