@@ -226,6 +226,7 @@ def tiny_pair(tmp_path) -> tuple[Path, Path, dict, dict]:
     del ft["model.layers.1.input_layernorm.weight"]
     ft["model.extra.weight"] = np.ones((4, 4), np.float32)
     ft["model.layers.1.mlp.gate_proj.weight"] = np.zeros((8, 16), ml_dtypes.bfloat16)  # was 32 x 16
+    ft["model.layers.0.self_attn.k_proj.weight"] = base["model.layers.0.self_attn.k_proj.weight"].astype(np.float32)  # same values
     a, b = tmp_path / "base.safetensors", tmp_path / "ft.safetensors"
     save_file(base, str(a))
     save_file(ft, str(b))
@@ -244,6 +245,9 @@ def test_unmatched_and_reshaped_tensors_are_listed(tiny_pair, tmp_path, run):
     g = rows["model.layers.1.mlp.gate_proj.weight"]
     assert g["status"] == "shape_changed" and g["base_shape"] == [32, 16] and g["model_shape"] == [8, 16]
     assert rows["model.norm.weight"]["relative_change"] == pytest.approx(0.5, rel=1e-12)  # ones + 0.5
+    k = rows["model.layers.0.self_attn.k_proj.weight"]  # BF16 -> F32, exactly: a dtype change, not a value change
+    assert (k["status"], k["base_dtype"], k["model_dtype"], k["changed_elements"]) == ("unchanged", "BF16", "F32", 0)
+    assert "dtype BF16 in the base, F32 in the model" in k["note"]
     assert {n for n, r in rows.items() if r["status"] == "changed"} == {"model.layers.0.mlp.up_proj.weight", "model.norm.weight"}
     assert set(rows) == set(base) | set(ft)
     assert json.loads(res.output)["summary"]["only_in_base"] == 1
