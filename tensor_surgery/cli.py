@@ -502,6 +502,10 @@ from .interp.pack_cli import pack  # noqa: E402
 
 main.add_command(pack)
 
+from .interp.steer_cli import steer  # noqa: E402
+
+main.add_command(steer)
+
 from .analysis.cli import analyze, download  # noqa: E402  (analysis/cli.py imports emit & co. from here)
 main.add_command(analyze); main.add_command(download)  # noqa: E702
 

@@ -45,6 +45,7 @@ class Intervention:
     enabled: bool = True
     kind: str = "intervention"  # what made it (steering, ...), for listings
     info: dict = field(default_factory=dict)  # JSON-able facts for the pages (coefficient, source)
+    payload: object = field(default=None, compare=False)  # what it was built from (vectors), not published
 
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "layers": list(self.layers), "enabled": self.enabled, **self.info}
