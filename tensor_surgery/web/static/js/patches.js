@@ -104,10 +104,12 @@ async function verify(name) {
   clearError(document.getElementById("patches-error"));
   try {
     const r = await api(`/api/patches/${encodeURIComponent(name)}/verify`, { method: "POST" });
-    const sig = el("div", {}, signatureBadge(r.signature),
-      r.signature_refused ? el("div", { class: "error-msg" }, r.signature_refused.message) : null);
+    const sig = signatureBadge(r.signature);
     if (!r.signature_ok) {
-      report(`${name} would be refused: ${r.signature_refused.message}`, r.conflicts, false, "error-msg", sig);
+      const why = r.signature.status === "invalid"
+        ? "its signature is INVALID: it was changed after signing, or the signature block is broken (Load asks before loading it anyway)"
+        : r.signature_refused.message;
+      report(`${name} would be refused: ${why}`, r.conflicts, false, "error-msg", sig);
     } else if (r.already_applied) {
       // every entry's bytes are already the patch's new bytes: nothing is wrong, there is nothing to do
       report(`${name} is already applied: the staged state already holds all ${fmtNum(r.entries)} of its entries' new bytes. Loading it again would change nothing.`, [], true, "warn-msg", sig);
