@@ -401,3 +401,24 @@ def test_holes_of_a_sparse_source_read_back_as_the_zeros_they_held(tmp_path, run
             assert new[name.replace(".0.", ".1.", 1)].tobytes() == value.tobytes(), name
     assert any(v.tobytes().strip(b"\0") for v in new.values()) and os.stat(out / "model.safetensors").st_blocks * 512 < \
         os.stat(out / "model.safetensors").st_size / 2  # the holes stayed holes
+
+
+@pytest.mark.parametrize("content, field", [
+    (b"{not json", None),
+    (json.dumps({"format": "hexpatch", "version": 1}).encode(), "format"),
+    (json.dumps({"format": "tensor-surgery-transplant", "version": 9}).encode(), "version"),
+    (json.dumps({"format": "tensor-surgery-transplant", "version": 1, "target": {"path": "/x"}}).encode(), "target"),
+    (json.dumps({"format": "tensor-surgery-transplant", "version": 1, "target": {"path": "/x", "checksum": "sha256:0"},
+                 "source": None, "map": [["a"]]}).encode(), "map"),
+    (json.dumps({"format": "tensor-surgery-transplant", "version": 1, "target": {"path": "/x", "checksum": "sha256:0"},
+                 "source": None, "duplicate_layers": [-1]}).encode(), "duplicate_layers"),
+    (b"\xff\xfe" + b"{}" * 10, None),
+])
+def test_a_malformed_recipe_is_refused_naming_what_is_wrong(tmp_path, run_cli, content, field):
+    recipe = tmp_path / "bad.json"
+    recipe.write_bytes(content)
+    e = json.loads(run_cli("--recipe", recipe, "--out", tmp_path / "out", "--json", code=2).output)["error"]
+    assert e["code"] == "invalid_recipe" and str(recipe) in e["message"]
+    if field:
+        assert e["field"] == field
+    assert not (tmp_path / "out").exists()

@@ -91,7 +91,10 @@ def parse_recipe(obj, where: str = "recipe") -> dict:
                 and part["checksum"].startswith("sha256:")):
             raise InvalidRecipe(f"{where}: {key!r} must be {{\"path\": ..., \"checksum\": \"sha256:...\"}}",
                                 file=where, field=key)
-    spec = TransplantSpec.from_json(obj, where)
+    try:
+        spec = TransplantSpec.from_json(obj, where)
+    except InvalidRequest as e:  # the same words, as what it is: a broken recipe
+        raise InvalidRecipe(e.message, **{"file": where, **e.context}) from None
     return {**obj, "spec": spec}
 
 
