@@ -571,6 +571,30 @@ def test_hostile_signature_blocks_are_invalid_naming_the_field(case, signed_doc,
     assert st.status == "invalid" and st.field == field and words in st.reason, st
 
 
+def _unsignable(kind: str, signed_doc: dict) -> bytes:
+    """A signed patch with an unknown top-level key that orjson reads but no canonical JSON can hold."""
+    text = json.dumps({**signed_doc, "extra": "@"})
+    return text.replace('"@"', "NaN" if kind == "nan" else "[" * 1000 + "]" * 1000).encode()
+
+
+@pytest.mark.parametrize("kind", ["nan", "nested_1000_deep"])
+def test_content_without_a_canonical_form_is_invalid_not_a_crash(kind, signed_doc, store, client, settings, run,
+                                                                   cli_env, tmp_path, tiny_model):
+    data = _unsignable(kind, signed_doc)
+    st = status_of(data, store)
+    assert st.status == "invalid" and "canonical" in st.reason and st.field is None
+    with pytest.raises(sg.CannotSign):
+        sg.sign(hp.loads(data, "p"), store.private_key("alice"), "alice")
+    settings.patch_dir.mkdir(parents=True, exist_ok=True)
+    (settings.patch_dir / "odd.hexpatch").write_bytes(data)
+    assert client.get("/api/patches").json()["patches"][0]["signature"]["status"] == "invalid"
+    assert_error(client.post("/api/patches/odd.hexpatch/load"), 422, "signature_invalid", "canonical")
+    f = tmp_path / "odd.hexpatch"
+    f.write_bytes(data)
+    r = run("patch", "sign", f, "--key", "alice")
+    assert r.exit_code == 2 and "canonical" in r.stderr and f.read_bytes() == data
+
+
 @pytest.fixture(scope="module")
 def hostile_env(tmp_path_factory):
     """One library holding every hostile signature case, a trusted key, and a staged edit to keep."""

@@ -167,7 +167,9 @@ def canonical_bytes(patch: HexPatch, block: dict | None = None) -> bytes:
     except (ValueError, UnicodeEncodeError) as e:
         # NaN/Infinity or an unpaired surrogate (the lenient JSON reader lets both through):
         # there is no canonical form to sign
-        raise CannotSign(f"the patch holds a value JSON cannot carry canonically ({e})", field="patches") from None
+        raise CannotSign(f"the patch holds a value JSON cannot carry canonically ({e})") from None
+    except RecursionError:  # an unknown key nested ~1000 deep: orjson reads it, json.dumps cannot write it
+        raise CannotSign("the patch nests JSON too deeply to serialize canonically") from None
 
 
 def sign(patch: HexPatch, private_key, signer: str) -> HexPatch:
@@ -226,7 +228,7 @@ def check(patch: HexPatch, trusted: dict[str, str]) -> SignatureStatus:
         return SignatureStatus("unsigned")
     block = patch.extra[BLOCK]
 
-    def invalid(reason: str, fld: str, signer=None, fp=None) -> SignatureStatus:
+    def invalid(reason: str, fld: str | None, signer=None, fp=None) -> SignatureStatus:
         return SignatureStatus("invalid", signer if isinstance(signer, str) else None,
                                fp if isinstance(fp, str) and _FINGERPRINT.fullmatch(fp) else None,
                                reason=reason, field=fld)
@@ -255,7 +257,7 @@ def check(patch: HexPatch, trusted: dict[str, str]) -> SignatureStatus:
     try:
         message = canonical_bytes(patch, block)
     except CannotSign as e:
-        return invalid(e.message, "patches", signer, fp)
+        return invalid(e.message, None, signer, fp)
     from cryptography.exceptions import InvalidSignature as _Bad
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
