@@ -33,6 +33,10 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+# this file is named gguf.py, and Python puts its folder first on the path: without this, `import
+# gguf` would import this script instead of the package
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import gguf  # noqa: E402
 import gguf.quants as gq  # noqa: E402
 import numpy as np  # noqa: E402

@@ -523,9 +523,15 @@ def dequantize_blocks(dtype: GGMLType, raw: np.ndarray) -> np.ndarray:
 
     if not dtype.decodable:
         raise dtype.undecodable()
-    # one row: gguf works over groups of 16 rows, which for one block per row costs 30x the math
     with np.errstate(all="ignore"):  # a hostile scale of inf or NaN gives inf/NaN values, not warnings
-        out = q.dequantize(raw.reshape(1, -1), dtype.qtype)
+        kind = getattr(q, dtype.name, None)
+        if kind is not None and hasattr(kind, "dequantize_blocks"):
+            # the library's block-level function, straight: `dequantize` would first split the
+            # blocks into groups of 16 rows and join them again, which costs more than the math
+            kind.init_grid()  # (the IQ types' lookup tables; a no-op for the others)
+            out = kind.dequantize_blocks(raw.reshape(-1, dtype.block_bytes))
+        else:
+            out = q.dequantize(raw.reshape(1, -1), dtype.qtype)
     return np.ascontiguousarray(out, dtype=np.float32).reshape(-1)
 
 
@@ -538,6 +544,9 @@ def quantize_values(dtype: GGMLType, values: np.ndarray) -> bytes:
     v = np.asarray(values, dtype=np.float32).reshape(1, -1)  # one row: see dequantize_blocks
     with np.errstate(all="ignore"):
         return np.ascontiguousarray(q.quantize(v, dtype.qtype)).tobytes()
+
+
+SPAN_READ_BYTES = 8 << 20  # a slice whose rows lie within this many bytes is read in one go
 
 
 class QuantReader(TensorReader):
@@ -604,14 +613,20 @@ class QuantReader(TensorReader):
         if flat_rows.size == 0 or nb <= 0:
             out_cols = len(range(c0, c1, step)) if isinstance(last, slice) else None
             return np.zeros(rows.shape + ((out_cols,) if out_cols is not None else ()), np.float32)
-        if (nb * be == cols and flat_rows.size > 1
-                and flat_rows[-1] - flat_rows[0] == flat_rows.size - 1):  # whole contiguous rows: one read
-            raw = self.block_bytes_range(int(flat_rows[0]) * (cols // be), (int(flat_rows[-1]) + 1) * (cols // be))
+        first, last_row = int(flat_rows.min()), int(flat_rows.max())
+        per_row = cols // be  # blocks
+        if (last_row - first + 1) * row_bytes <= SPAN_READ_BYTES:
+            # the rows' whole span in one read (overlay applied), then the wanted rows and blocks
+            span = self.block_bytes_range(first * per_row, (last_row + 1) * per_row).reshape(-1, row_bytes)
+            raw = span[flat_rows - first, cb0 * ub: cb1 * ub]
+        elif not self._segments:  # rows far apart in a big tensor: from the map, only their blocks
+            raw = self.ref.raw().reshape(n_rows, row_bytes)[flat_rows, cb0 * ub: cb1 * ub]
         else:
             raw = np.empty((flat_rows.size, nb * ub), dtype=np.uint8)
             for k, r in enumerate(flat_rows.tolist()):
                 lo = r * row_bytes + cb0 * ub
                 raw[k] = np.frombuffer(self.read_bytes(lo, nb * ub), np.uint8)
+        raw = np.ascontiguousarray(raw)
         vals = dequantize_blocks(self.dtype, raw.reshape(-1)).reshape(flat_rows.size, nb * be)
         if isinstance(last, slice):
             vals = vals[:, c0 - cb0 * be: c1 - cb0 * be: step]
