@@ -682,5 +682,7 @@ def test_corrupt_trust_list_is_a_clear_error_and_loses_nothing(case, hostile_env
         lines = r.stderr.strip().splitlines()
         assert r.exit_code == 2 and len(lines) == 1 and str(store.trust_path) in lines[0] and words in lines[0], r.output
         assert run("keys", "list").exit_code == 2
+        assert run("keys", "new", "carol").exit_code == 2  # refused before the key pair exists
+        assert not (store.folder / "carol.key").exists()
     finally:
         store.trust_path.write_bytes(good)

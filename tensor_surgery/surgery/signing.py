@@ -401,6 +401,7 @@ class KeyStore:
                                                                   PublicFormat)
 
         check_key_name(name)
+        self.trusted()  # a corrupt trust list fails now, not after the key pair exists
         self._ensure_folder()
         final = self.folder / f"{name}.key"
         if final.exists() or (self.folder / f"{name}.pub").exists():
