@@ -136,7 +136,8 @@ def tensor_histogram(
     "/tensor_hex/{tensor_name:tensor}",
     summary="Raw bytes of a range of a tensor, with each element they touch decoded",
     description="`offset` counts from the tensor's first byte (as in .hexpatch files). Alternatively "
-    "give `element` (a flat element index) and `count`.",
+    "give `element` (a flat element index) and `count`. For a quantized GGUF tensor, `blocks` lists each "
+    "quantization block the range touches: its fields (scales decoded, codes) and dequantized values.",
 )
 def tensor_hex(
     tensor_name: str,
