@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from .conftest import tiny_llama_tensors
-from .test_browser import CHROMIUM, api_get, browser, guarded_page, server_env, serving, tensor_path  # noqa: F401
+from .test_browser import CHROMIUM, browser, guarded_page, server_env, serving  # noqa: F401
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -59,6 +59,9 @@ def diff_server(models):
 @pytest.fixture
 def ui(browser, diff_server, tmp_path):
     with guarded_page(browser, diff_server, tmp_path) as u:
+        # no heatmap thumbnails in the tiles: a tile's pixels are then its fill colour alone, with
+        # the override as without it (thumbnails arrive asynchronously and would make them vary)
+        u.page.add_init_script("localStorage.setItem('ts-prefs', JSON.stringify({thumbs: false}))")
         u.open()
         yield u
 

@@ -27,6 +27,7 @@ let sortDesc = true;
 let gen = 0; // bumps on reset: answers for an older diff or model are dropped
 let source = null; // the job's event stream
 let delta = null; // {name, shape, row, col, idx, r0, c0}
+let painted = false; // the canvas shows our colours
 
 export function initDiff() {
   const root = document.getElementById("tab-diff");
@@ -72,7 +73,12 @@ function reset() {
   ui.clear.disabled = true;
   ui.run.disabled = false;
   clearError(ui.error);
-  emit("canvas-colours", null);
+  unpaint();
+}
+
+function unpaint() {
+  if (painted) emit("canvas-colours", null);
+  painted = false;
 }
 
 async function run() {
@@ -171,7 +177,7 @@ function scaleOf(rows) {
 }
 
 function paintCanvas() {
-  if (!diff || !ui.colour.checked) { emit("canvas-colours", null); return; }
+  if (!diff || !ui.colour.checked) { unpaint(); return; }
   const scale = scaleOf(diff.rows);
   const byName = new Map();
   const used = new Set();
@@ -188,6 +194,7 @@ function paintCanvas() {
     ? (scale.hi > scale.lo ? [{ at: 0, label: fmtNum(scale.lo) }, { at: 0.5, label: fmtNum(Math.sqrt(scale.lo * scale.hi)) }, { at: 1, label: fmtNum(scale.hi) }]
       : [{ at: 1, label: fmtNum(scale.hi) }])
     : [];
+  painted = true;
   emit("canvas-colours", {
     byName,
     legend: { title: "relative change ‖B−A‖/‖A‖ (log)", ticks, marks: [...used].map((k) => MARKS[k]) },
