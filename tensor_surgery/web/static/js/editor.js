@@ -205,6 +205,9 @@ function renderPreview(p, onStage) {
   const warn = [];
   if (p.rounding && p.rounding.rounded) warn.push(`${fmtNum(p.rounding.rounded)} value(s) rounded to the nearest ${p.rounding.dtype}`);
   if (p.rounding && p.rounding.overflowed) warn.push(`${fmtNum(p.rounding.overflowed)} value(s) overflow ${p.rounding.dtype} (become inf/NaN)`);
+  // a GGUF quantized tensor: whole blocks are quantized again, and their other values move with the new scale
+  if (p.rounding && p.rounding.requantized_blocks) warn.push(`${fmtNum(p.rounding.requantized_blocks)} ${p.rounding.dtype} block(s) re-quantized`
+    + (p.rounding.collateral ? `: ${fmtNum(p.rounding.collateral)} untargeted value(s) in them change too` : "") + "; 'after' is what the blocks will hold");
   return el("div", { class: "preview", id: "preview-box" },
     el("div", { class: "desc" }, p.description),
     el("div", { class: "muted" }, `${fmtNum(p.targeted_values)} targeted · ${fmtNum(p.values_changed)} values changed · ${fmtNum(p.bytes_changed)} bytes · ${p.runs} run(s)`),
