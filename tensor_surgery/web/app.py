@@ -23,6 +23,7 @@ from ..live.service import LiveService
 from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
 from . import routes_recovery, routes_transplant
 from . import routes_diff
+from . import routes_analysis
 from .compression import NegotiatedGZipMiddleware
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
@@ -40,6 +41,7 @@ ROUTERS = [
     routes_agent.router,
     routes_transplant.router,
     routes_diff.router,
+    routes_analysis.router,
 ]
 
 DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.

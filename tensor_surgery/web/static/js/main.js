@@ -16,6 +16,7 @@ import { initRecovery } from "./recovery.js";
 import { emit, select, showError, state } from "./state.js";
 import { initTransplant } from "./transplant.js";
 import { initDiff } from "./diff.js";
+import { initAnalysis } from "./analysis.js";
 
 window.addEventListener("error", (e) => showError(e.error || new Error(e.message)));
 window.addEventListener("unhandledrejection", (e) => showError(e.reason));
@@ -63,5 +64,6 @@ initLive();
 initInvestigate();
 initTransplant();
 initDiff();
+initAnalysis();
 loadModel();
 window.__ts = { state, select, canvas: canvasView }; // handy in the console and for browser tests
