@@ -22,7 +22,8 @@ MATCH = r"^encoder\.layer\.[0-2]\.|^embeddings\.(token_type|position)_embeddings
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+             _system_config=parallel.LOCAL_SYSTEM_CONFIG)
     yield
     ray.shutdown()
 

@@ -19,6 +19,9 @@ from ..errors import SurgeryError
 
 CONNECT_TIMEOUT_S = 5.0  # a TCP probe of the head node before ray.init, which itself may wait minutes
 LOCAL_PREFIX = "local:"
+# The raylet waits this long for its agents' ports; Ray's 30 s is too short on a loaded machine
+# (the agents are Python processes importing a lot), and it then aborts the whole start.
+LOCAL_SYSTEM_CONFIG = {"agent_register_timeout_ms": 180_000}
 JOIN_RETRIES = 4  # about a second each: with the probe, a dead address fails within 10 s
 _JOIN_ENV = {"RAY_gcs_server_port_wait_time_s": str(JOIN_RETRIES)}
 
@@ -103,7 +106,7 @@ def _connect(address: str):
         if ray.is_initialized():
             return ray, False
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _node_ip_address="127.0.0.1")
+                 configure_logging=False, _node_ip_address="127.0.0.1", _system_config=LOCAL_SYSTEM_CONFIG)
         return ray, True
     ray = _import_ray()
     if ray.is_initialized():
