@@ -333,11 +333,11 @@ def test_disk_full_mid_write_leaves_no_torn_output(models, tmp_path, monkeypatch
     written = [0]
     real = tp.copy_range
 
-    def filling(src, dst, src_off, dst_off, count, tick=None, source=None):
+    def filling(src, dst, src_off, dst_off, count, tick=None, source=None, **kw):
         if written[0] > 2000:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         written[0] += count
-        return real(src, dst, src_off, dst_off, count, tick, source)
+        return real(src, dst, src_off, dst_off, count, tick, source, **kw)
 
     monkeypatch.setattr(tp, "copy_range", filling)
     out = tmp_path / "out" / "full"

@@ -41,8 +41,7 @@ from ..store import Model, TensorReader, TensorRef
 from ..store.dtypes import DType, get_dtype
 from ..store.layout import infer_layout
 from .ops import ByteRun
-from .writer import (SIDE_FILES, NewTensor, Progress, check_new_output, copy_range, group_shards, start_writeback,
-                     write_new_model)
+from .writer import SIDE_FILES, NewTensor, Progress, check_new_output, copy_range, group_shards, write_new_model
 from .writer import _open_source
 
 CHUNK_BYTES = 4 << 20  # converted and resized tensors pass through memory this much at a time
@@ -613,7 +612,7 @@ def copy_sparse(sfd: int, dfd: int, src_off: int, dst_off: int, count: int, tick
             if pos >= end:
                 break
         hole = min(os.lseek(sfd, pos, os.SEEK_HOLE), end)
-        copy_range(sfd, dfd, pos, dst_off + (pos - src_off), hole - pos, tick, source)
+        copy_range(sfd, dfd, pos, dst_off + (pos - src_off), hole - pos, tick, source, writeback=False)
         pos = hole
 
 
@@ -630,7 +629,6 @@ def _fill(it: Item, sources: _Sources):
             # ml_dtypes casts round to nearest, ties to even (as torch's .to() does)
             data = chunk.view(src).astype(dst).tobytes()
             os.pwrite(dfd, data, off)
-            start_writeback(dfd, off, len(data))
             off += len(data)
             tick(len(data))
 

@@ -92,11 +92,13 @@ def start_writeback(fd: int, offset: int, count: int) -> None:
 
 
 def copy_range(src: int, dst: int, src_off: int, dst_off: int, count: int, tick: Callable[[int], None] | None = None,
-               source: SafetensorsFile | None = None) -> None:
+               source: SafetensorsFile | None = None, writeback: bool = True) -> None:
     """Copy `count` bytes between file descriptors inside the kernel (falls back to pread/pwrite).
 
     A source that ends early shrank since it was validated: `source` (the file `src` reads) turns
-    that into its `ModelChanged`, the error every other read of a changed model gives."""
+    that into its `ModelChanged`, the error every other read of a changed model gives.
+    `writeback=False` leaves starting the writeback to the caller (who copies many small ranges
+    side by side, and would otherwise send the disk one small write per range)."""
     while count > 0:
         n = min(count, COPY_CHUNK)
         try:
@@ -113,7 +115,8 @@ def copy_range(src: int, dst: int, src_off: int, dst_off: int, count: int, tick:
                                    "export again", file=source.path if source else None)
             done = os.pwrite(dst, data, dst_off)
             del data  # before the next read: one chunk in memory, not two
-        start_writeback(dst, dst_off, done)
+        if writeback:
+            start_writeback(dst, dst_off, done)
         src_off += done
         dst_off += done
         count -= done
@@ -567,8 +570,13 @@ def write_new_model(
                 dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
                     os.pwrite(dfd, header, 0)
-                    for t, (_, _, _, begin, _end) in zip(shard, entries):
+                    flushed = 0  # writeback started up to here: in COPY_CHUNK steps, not per tensor
+                    for t, (_, _, _, begin, end) in zip(shard, entries):
                         t.fill(dfd, len(header) + begin, tick)
+                        if len(header) + end - flushed >= COPY_CHUNK:
+                            upto = (len(header) + end) & ~0xFFFFF  # whole MiBs: no page is written twice
+                            start_writeback(dfd, flushed, upto - flushed)
+                            flushed = upto
                     size = os.fstat(dfd).st_size
                     if size > len(header) + pos:
                         raise SurgeryError(f"{dst.name}: wrote {size:,} bytes, expected {len(header) + pos:,}")
