@@ -100,4 +100,12 @@ def test_open_the_gguf_demo_see_grid_heatmap_and_blocks(ui):
     # the block's bytes are editable inputs at their tensor offsets (20-byte Q4_1 blocks)
     expect(page.locator('#hex-table input[data-offset="20"]')).to_have_count(1)
     ui.wait_text("#hex-body", "blocks of 32 values in 20 bytes")
+
+    # an edit of one value: previewed as re-quantized blocks, 'after' being what they will hold
+    ui.heatmap_click(r0 + 2, c0 + 3)
+    ui.wait_text("#cell-label", f"[{r0 + 2}, {c0 + 3}]")
+    page.fill("#cell-value", "0.75")
+    page.click("#cell-preview")
+    ui.wait_text("#preview-box", "1 Q4_1 block(s) re-quantized")
+    ui.wait_text("#preview-box", "'after' is what the blocks will hold")
     ui.guard.assert_clean()
