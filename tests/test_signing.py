@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 from fastapi.testclient import TestClient
+from hypothesis import given, settings as hsettings, strategies as st
 from safetensors import safe_open
 
 from tensor_surgery.surgery import hexpatch as hp
@@ -209,6 +210,27 @@ REWRITES = {  # changes of form, not of meaning: the signature still holds
 @pytest.mark.parametrize("rewrite", sorted(REWRITES))
 def test_rewrites_that_change_no_meaning_keep_it_valid(rewrite, signed_doc, store):
     assert status_of(REWRITES[rewrite](signed_doc), store).status == "trusted"
+
+
+@given(description=st.text(max_size=40), names=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4),
+       offsets=st.lists(st.integers(0, 2**70), min_size=4, max_size=4),
+       extra=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in hp.HexPatch([]).to_json() and k != "signature"),
+                             st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=10)
+                             | st.floats(allow_nan=False) | st.lists(st.integers(), max_size=3), max_size=3),
+       signer_extra=st.none() | st.text(max_size=10) | st.floats(allow_nan=False))
+@hsettings(max_examples=60, deadline=None)
+def test_canonical_bytes_are_the_documented_json_for_any_content(description, names, offsets, extra, signer_extra):
+    """Whichever serializer writes them (orjson when it can, json otherwise), the bytes are the
+    documented json.dumps(sort_keys, no whitespace, ensure_ascii=False) of the patch."""
+    entries = [hp.PatchEntry(n, offsets[i] + 8 * i, b"\x00\x01", b"\xfe\xff", note=n) for i, n in enumerate(names)]
+    block = {"algorithm": "ed25519", "signer": "a", "public_key": "x", "fingerprint": "y", "value": "z"}
+    if signer_extra is not None:
+        block["comment"] = signer_extra
+    patch = hp.HexPatch(entries, description, extra={**extra, "signature": block})
+    doc = patch.to_json()
+    doc["signature"] = {k: v for k, v in block.items() if k != "value"}
+    expected = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert sg.canonical_bytes(patch) == expected
 
 
 def test_minimal_form_signed_is_checked_in_its_full_form(tiny_model, store):

@@ -58,6 +58,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from ..errors import InvalidRequest, SurgeryError
 from .hexpatch import HexPatch
 from .library import atomic_write, fsync_path
@@ -73,6 +75,8 @@ PUBLIC_FORMAT = "tensor-surgery-public-key"
 MAX_KEY_FILE_BYTES = 64 * 1024  # a key or trust file larger than this is refused before parsing
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+# top-level keys whose values HexPatch.to_json builds itself (strings, ints, lists of them)
+_KNOWN = frozenset({"format", "version", "description", "base_model_checksum", "tensor_checksums", "patches", BLOCK})
 
 
 class KeyNotFound(SurgeryError):
@@ -161,6 +165,16 @@ def canonical_bytes(patch: HexPatch, block: dict | None = None) -> bytes:
         block = patch.extra.get(BLOCK)
     if block is not None:
         doc[BLOCK] = {k: v for k, v in block.items() if k != "value"}
+    # orjson writes exactly these bytes for str, int, bool and null (sorted keys, no whitespace, UTF-8,
+    # the same escapes) ~50x faster; floats it formats differently, so a patch with any unknown
+    # non-scalar or float top-level value takes the reference path below
+    scalars = (str, int, bool, type(None))
+    if all(type(v) in scalars for k, v in doc.items() if k not in _KNOWN) and \
+            all(type(v) in scalars for v in doc.get(BLOCK, {}).values()):
+        try:
+            return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # an integer past 64 bits or an unpaired surrogate
+            pass
     try:
         return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False).encode("utf-8")
