@@ -470,3 +470,17 @@ def test_block_field_layouts_tile_each_block():
             assert off == at, (name, off, at)
             at += n
         assert at == GGML_TYPES[name].block_bytes, name
+
+
+def test_one_dimensional_and_empty_quantized_tensors(tmp_path):
+    x = np.random.default_rng(1).standard_normal(64).astype(np.float32)
+    q = gq.quantize(x.reshape(1, -1), T.Q8_0).tobytes()
+    path = tmp_path / "edge.gguf"
+    path.write_bytes(gguf_bytes([("v", [64], 8, 0), ("z", [0, 4], 8, 96)], data=q + b"\0" * (96 - len(q)) + b"\0" * 32))
+    m = open_model(path)
+    expected = gq.dequantize(np.frombuffer(q, np.uint8).reshape(1, -1), T.Q8_0).ravel()
+    got = sl.read_slice(TensorReader(m.tensor("v")), {"dim0_start": 3, "dim0_end": 50, "dim0_step": 5})["data"]
+    assert np.array_equal(bits(got), bits(expected[3:50:5]))
+    z = TensorReader(m.tensor("z"))
+    assert m.tensor("z").shape == (4, 0) and sl.read_slice(z, {})["slice_shape"] == [4, 0]
+    assert st.tensor_stats(z)[0]["numel"] == 0 and sl.hex_view(z, 0, 16)["blocks"] == []

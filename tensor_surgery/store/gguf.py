@@ -596,6 +596,8 @@ class QuantReader(TensorReader):
         tensor is a matrix of rows of ne[0] elements, and blocks never cross a row."""
         self._check_byte_aligned()
         shape = self.shape
+        if self.numel == 0:  # (a dimension of 0: nothing to read)
+            return np.zeros(np.empty(shape, np.float32)[index].shape, np.float32)
         cols = shape[-1]
         n_rows = self.numel // cols if cols else 0
         be, ub = self.unit_elems, self.unit_bytes
