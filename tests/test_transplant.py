@@ -422,3 +422,21 @@ def test_a_malformed_recipe_is_refused_naming_what_is_wrong(tmp_path, run_cli, c
     if field:
         assert e["field"] == field
     assert not (tmp_path / "out").exists()
+
+
+def test_an_embedding_of_another_vocabulary_gets_the_offered_resize(models, run_cli, tmp_path):
+    target, _ = models
+    other = tmp_path / "models" / "v80"
+    write_tiny_llama(other / "model.safetensors", vocab=80, seed=9)
+    emb = "model.embed_tokens.weight"
+    plan = json.loads(run_cli(target, "--source", other, "--map", f"{emb}={emb}", "--dry-run", "--json").output)
+    (entry,) = plan["entries"]
+    assert entry["source_shape"] == [80, 16] and entry["verdict"] == "will_fail" and not plan["will_load"]
+    fix = next(f for f in plan["fixes"] if f["kind"] == "resize_vocab")
+    assert fix["vocab_size"] == 64
+    out = tmp_path / "out" / "fixed"
+    r = run_cli(target, "--source", other, "--map", f"{emb}={emb}", "--resize-vocab", str(fix["vocab_size"]),
+                "--out", out, "--json")
+    assert json.loads(r.output)["plan"]["will_load"] is True
+    got = load_file(str(out / "model.safetensors"))[emb]
+    assert got.shape == (64, 16) and got.tobytes() == load_file(str(other / "model.safetensors"))[emb][:64].tobytes()

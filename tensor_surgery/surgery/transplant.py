@@ -296,7 +296,7 @@ def resolve(model: Model, what: str, role: str) -> tuple[str, list[str]]:
     return what.rstrip("."), names
 
 
-def _target_name(src_prefix: str, src_name: str, to: str, target: Model) -> str:
+def _target_name(src_prefix: str, src_name: str, to: str) -> str:
     if src_name == src_prefix:  # a single tensor: TO is its new name (or `layer N` + its suffix)
         return to
     return to + src_name[len(src_prefix):]
@@ -360,7 +360,7 @@ def plan_transplant(target: Model, source: Model | None, spec: TransplantSpec) -
         to = _resolve_to(target, to)
         for n in names:
             ref = source.tensor(n)
-            out = _target_name(prefix, n, to, target)
+            out = _target_name(prefix, n, to)
             before = items.get(out)
             dtype = ref.dtype
             if before is not None and before.dtype.name != ref.dtype.name:
