@@ -502,6 +502,10 @@ from .interp.pack_cli import pack  # noqa: E402
 
 main.add_command(pack)
 
+from .interp.probe_cli import probe  # noqa: E402
+
+main.add_command(probe)
+
 from .interp.steer_cli import steer  # noqa: E402
 
 main.add_command(steer)

@@ -65,7 +65,7 @@ class SourceError(SurgeryError):
 
 @dataclass(frozen=True)
 class Source:
-    type: str  # folder | archive | hf
+    type: str  # folder | archive | hf (| local: made on this machine, no source to fetch from)
     location: str
 
     def to_json(self) -> dict:
@@ -440,6 +440,8 @@ class PackRegistry:
                    "latest": None, "newer": False}
             if not e["source"]:
                 row["error"] = "source unknown (reinstall from its source to track it)"
+            elif e["source"]["type"] == "local":
+                row["error"] = f"made here ({e['source']['location']}): no source to update from"
             else:
                 try:
                     versions = source_versions(Source(**e["source"]))
@@ -486,6 +488,22 @@ class PackRegistry:
                     "warnings": pack.warnings, "replaced": old["version"] if old else None}
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def add_local(self, folder: Path, label: str, *, force: bool = False) -> dict:
+        """Adopt a pack written here (a trained probe) from `folder`, which is moved into the registry:
+        its source is `{"type": "local", "location": label}` (nothing to update it from)."""
+        pack = pk.load_pack(folder)
+        with self._locked():
+            entries = self._read()
+            dest = self.path(pack.name)
+            old = entries.get(pack.name)
+            if (old is not None or dest.exists()) and not force:
+                raise Conflict(f"a pack named {pack.name!r} is installed already; choose another name or replace it "
+                               "on purpose", field="name", name=pack.name)
+            pk.replace_folder(Path(folder), dest)
+            entries[pack.name] = self._entry(pack.meta, dest, Source("local", label))
+            self._write(entries)
+        return {**{k: v for k, v in entries[pack.name].items() if k != "files"}, "folder": str(dest)}
 
     def remove(self, name: str) -> dict:
         with self._locked():
