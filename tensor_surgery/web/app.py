@@ -24,6 +24,7 @@ from . import routes_agent, routes_edits, routes_export, routes_live, routes_mod
 from . import routes_recovery, routes_transplant
 from . import routes_diff
 from . import routes_analysis
+from . import routes_clustering
 from .compression import NegotiatedGZipMiddleware
 from .errors import install_error_handlers
 from .security import SecurityMiddleware
@@ -42,6 +43,7 @@ ROUTERS = [
     routes_transplant.router,
     routes_diff.router,
     routes_analysis.router,
+    routes_clustering.router,
 ]
 
 DESCRIPTION = """Look inside `.safetensors` model weights and change them on purpose.

@@ -16,6 +16,7 @@ import { initRecovery } from "./recovery.js";
 import { emit, select, showError, state } from "./state.js";
 import { initTransplant } from "./transplant.js";
 import { initDiff } from "./diff.js";
+import { initClusters } from "./clusters.js";
 import { initAnalysis } from "./analysis.js";
 
 window.addEventListener("error", (e) => showError(e.error || new Error(e.message)));
@@ -64,6 +65,7 @@ initLive();
 initInvestigate();
 initTransplant();
 initDiff();
+initClusters();
 initAnalysis();
 loadModel();
 window.__ts = { state, select, canvas: canvasView }; // handy in the console and for browser tests
