@@ -322,7 +322,8 @@ def test_f16_edit_is_exact_like_safetensors(gguf_client, oracle):
 
 def test_read_only_quant_type_is_refused_clearly(gguf_client):
     r = gguf_client.post("/api/edit_tensor", json={"tensor_name": "blk.0.ffn_gate.weight", "op": "zero"})
-    err = assert_error(r, 422, "unsupported_dtype", "Q4_K cannot be edited by value")
+    err = assert_error(r, 422, "unsupported_dtype", "'blk.0.ffn_gate.weight': GGML type Q4_K cannot be edited by value")
+    assert err["tensor"] == "blk.0.ffn_gate.weight"
     assert "Q8_0" in err["message"] and "hex view" in err["message"]
     assert gguf_client.get("/api/edits").json()["edits"] == []
 

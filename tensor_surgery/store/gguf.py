@@ -94,7 +94,8 @@ class GGMLType(DType):
 
         return GGMLQuantizationType(self.ggml_id)
 
-    def undecodable(self) -> UnsupportedDtype:
+    def undecodable(self, tensor: str | None = None) -> UnsupportedDtype:
+        where = f"{tensor!r}: " if tensor else ""
         if not self.block_bytes:
             why = (f"GGML type {self.name} (id {self.ggml_id}) is unknown to this tool and to the gguf "
                    "package: its values cannot be decoded. The tensor is listed and its bytes are in the "
@@ -102,14 +103,15 @@ class GGMLType(DType):
         else:
             why = (f"GGML type {self.name}: the gguf package cannot dequantize it, so its values are not "
                    "available. Its bytes are in the hex view")
-        return UnsupportedDtype(why, dtype=self.name)
+        return UnsupportedDtype(where + why, dtype=self.name, tensor=tensor)
 
-    def read_only(self) -> UnsupportedDtype:
+    def read_only(self, tensor: str | None = None) -> UnsupportedDtype:
         return UnsupportedDtype(
-            f"GGML type {self.name} cannot be edited by value: the gguf package can dequantize it but not "
+            (f"{tensor!r}: " if tensor else "")
+            + f"GGML type {self.name} cannot be edited by value: the gguf package can dequantize it but not "
             "quantize it again (editable: F32, F16, BF16, "
             f"{', '.join(n for n, t in GGML_TYPES.items() if t.quantizable)}). "
-            "Raw bytes can still be written in the hex view", dtype=self.name)
+            "Raw bytes can still be written in the hex view", dtype=self.name, tensor=tensor)
 
 
 # GGML types that are plain element arrays, read as the safetensors dtypes
@@ -557,7 +559,7 @@ class QuantReader(TensorReader):
 
     def _check_byte_aligned(self) -> None:
         if not self.dtype.decodable:
-            raise self.dtype.undecodable()
+            raise self.dtype.undecodable(self.ref.name)
 
     def block_bytes_range(self, b0: int, b1: int) -> np.ndarray:
         """Bytes of blocks [b0, b1), overlay applied (a copy)."""
@@ -583,10 +585,10 @@ class QuantReader(TensorReader):
         return patterns.view(np.float32)
 
     def patterns_view(self) -> np.ndarray:
-        raise self.dtype.undecodable()
+        raise self.dtype.undecodable(self.ref.name)
 
     def values_view(self) -> np.ndarray:
-        raise self.dtype.undecodable()
+        raise self.dtype.undecodable(self.ref.name)
 
     def read_patterns(self, index: tuple) -> np.ndarray:
         return self.read_values(index).view(np.uint32)

@@ -43,9 +43,9 @@ def compute_quant_edit(reader: QuantReader, spec: EditSpec) -> ComputedEdit:
     if spec.op == "write_hex":
         return _compute_hex(reader, spec)
     if not dt.decodable:
-        raise dt.undecodable()
+        raise dt.undecodable(spec.tensor_name)
     if not dt.quantizable:
-        raise dt.read_only()
+        raise dt.read_only(spec.tensor_name)
     if spec.op == "set" and spec.cells is None:
         raise InvalidRequest("set needs cells with values", tensor=spec.tensor_name, field="cells")
     be, ub = reader.unit_elems, reader.unit_bytes
