@@ -403,27 +403,24 @@ def test_dead_ray_address_fails_fast_and_writes_nothing(tiny_pair, tmp_path, run
 
 
 def test_ray_path_equals_in_process(tiny_pair, tmp_path):
-    ray = pytest.importorskip("ray")
+    """On a local Ray cluster ("local:2": ray.init(num_cpus=2, include_dashboard=False) on
+    127.0.0.1, shut down after), one tensor per task so results come back in any order."""
+    pytest.importorskip("ray")
     from tensor_surgery.analysis import diff as diff_mod
     from tensor_surgery.store import open_model
 
     a, b, *_ = tiny_pair
-    owned = not ray.is_initialized()
-    if owned:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        with open_model(a) as ma, open_model(b) as mb:
-            local = diff_mod.diff_models(ma, mb)
-            old = diff_mod.RAY_TASK_BYTES
-            diff_mod.RAY_TASK_BYTES = 1  # one tensor per task: many tasks, completing in any order
-            try:
-                remote = diff_mod.diff_models(ma, mb, ray_address="auto")
-            finally:
-                diff_mod.RAY_TASK_BYTES = old
-    finally:
-        if owned:
-            ray.shutdown()
+    ticks = []
+    with open_model(a) as ma, open_model(b) as mb:
+        local = diff_mod.diff_models(ma, mb)
+        old = diff_mod.RAY_TASK_BYTES
+        diff_mod.RAY_TASK_BYTES = 1
+        try:
+            remote = diff_mod.diff_models(ma, mb, ray_address="local:2", progress=lambda d, t: ticks.append((d, t)))
+        finally:
+            diff_mod.RAY_TASK_BYTES = old
     assert remote == local
+    assert ticks[-1][0] == ticks[-1][1] > 0 and len(ticks) > 10  # the progress bar moved per task
 
 
 # -- the web API ---------------------------------------------------------------------------------
