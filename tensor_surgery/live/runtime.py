@@ -161,8 +161,9 @@ class LiveModel:
                 out_ids.append(nxt)
                 if i + 1 == n or nxt == self.tokenizer.eos_token_id:
                     break
+                key = "cache" if "cache" in out else "past_key_values"  # transformers renamed it
                 out = (model or self.hf_model)(input_ids=torch.tensor([[nxt]], device=self.device),
-                                               past_key_values=out.past_key_values, use_cache=True)
+                                               use_cache=True, **{key: out[key]})
         return out_ids
 
 

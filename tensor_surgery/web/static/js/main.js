@@ -16,6 +16,8 @@ import { initRecovery } from "./recovery.js";
 import { emit, select, showError, state } from "./state.js";
 import { initTransplant } from "./transplant.js";
 import { initDiff } from "./diff.js";
+import { initSteer } from "./steer.js";
+import { initPacks } from "./packs.js";
 import { initClusters } from "./clusters.js";
 import { initAnalysis } from "./analysis.js";
 
@@ -65,6 +67,8 @@ initLive();
 initInvestigate();
 initTransplant();
 initDiff();
+initSteer();
+initPacks();
 initClusters();
 initAnalysis();
 loadModel();
