@@ -141,6 +141,7 @@ def _fake(content: bytes, fail: bool = False):
 
 
 def _use(monkeypatch, **builders):
+    builders.setdefault(dm.SMOLLM2_GGUF_MODEL, _fake(b"gguf"))  # not a 98 MB copy per test
     for name, builder in builders.items():
         _, package, source, done = dm._MODELS[name]
         monkeypatch.setitem(dm._MODELS, name, (builder, package, source, done))
