@@ -17,7 +17,6 @@ import { emit, select, showError, state } from "./state.js";
 import { initTransplant } from "./transplant.js";
 import { initDiff } from "./diff.js";
 import { initSteer } from "./steer.js";
-import { initPacks } from "./packs.js";
 import { initClusters } from "./clusters.js";
 import { initAnalysis } from "./analysis.js";
 
@@ -68,7 +67,6 @@ initInvestigate();
 initTransplant();
 initDiff();
 initSteer();
-initPacks();
 initClusters();
 initAnalysis();
 loadModel();
