@@ -48,6 +48,7 @@ class LiveService:
         self.live = None
         self.adapters = None
         self.hooks = Hooks()  # interventions (steering vectors) and observers on the running model
+        self.probe_bank = None  # the probe monitor's bank (interp/bank.py), hung on hooks as an observer
         self._continuation_cache: dict[tuple, list[int]] = {}  # default (unsteered) continuations
         self.model_path: str | None = None
         self.wanted = Wanted(settings.live_prompt, settings.live_top_k)
@@ -324,6 +325,7 @@ class LiveService:
         self._overlay_cache.clear()
         self._continuation_cache.clear()
         self.hooks.clear()  # vectors and observers were made for that model's widths and layers
+        self.probe_bank = None
         self.model_path = None
         self.state, self.message, self.progress = "unloaded", why, 0.0
         self.last = None

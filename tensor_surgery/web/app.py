@@ -23,6 +23,7 @@ from ..live.service import LiveService
 from . import routes_agent, routes_edits, routes_export, routes_live, routes_model, routes_pages, routes_patches, routes_tensors
 from . import routes_recovery, routes_transplant
 from . import routes_diff
+from . import routes_packs
 from . import routes_analysis
 from . import routes_clustering
 from . import routes_lens, routes_steering
@@ -43,6 +44,7 @@ ROUTERS = [
     routes_agent.router,
     routes_transplant.router,
     routes_diff.router,
+    routes_packs.router,
     routes_analysis.router,
     routes_clustering.router,
     routes_steering.router,
