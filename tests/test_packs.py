@@ -321,3 +321,48 @@ def test_push_refuses_to_overwrite_a_different_version_at_the_remote(tmp_path, r
     make(tmp_path / "other" / "1.0.0", name="other")
     with pytest.raises(pk.SurgeryError, match="remote of pack 'other'"):
         reg.push("concept", str(tmp_path / "other"))
+
+
+# -- the Hugging Face code path, against a local hub ---------------------------------------------------
+
+
+def test_install_and_status_from_a_hugging_face_repo_through_huggingface_hub(tmp_path, remote):
+    """The real huggingface_hub client (a subprocess with HF_ENDPOINT set, as a user runs it) against
+    tests/test_download.py's local hub serving a repo laid out like a folder remote."""
+    import os
+    import subprocess
+    import sys
+
+    from .test_download import REPO_ID, FakeHub
+
+    hub = FakeHub()
+    try:
+        hub.files = {f"{v}/{f.name}": (f.read_bytes(), f.suffix == ".safetensors")
+                     for v in ("1.0.0", "1.1.0") for f in sorted((remote / v).iterdir())}
+        hub.files["README.md"] = (b"concept packs\n", False)
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home"),
+               "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
+               "DATA_DIR": str(tmp_path / "data")}
+
+        def run(*args):
+            p = subprocess.run([sys.executable, "-c", "from tensor_surgery.cli import main; main()", "pack", *args,
+                                "--json"], capture_output=True, text=True, env=env, timeout=180)
+            return p.returncode, json.loads(p.stdout) if p.stdout.strip() else None, p.stderr
+
+        rc, out, err = run("install", f"hf:{REPO_ID}", "--version", "1.0.0")
+        assert rc == 0, err
+        assert out["version"] == "1.0.0" and out["source"] == {"type": "hf", "location": REPO_ID}
+        installed = tmp_path / "data" / "packs" / "concept"
+        assert sorted(p.name for p in installed.iterdir()) == ["pack.json", "tensors.safetensors"]
+        assert (installed / "tensors.safetensors").read_bytes() == (remote / "1.0.0" / "tensors.safetensors").read_bytes()
+        rc, out, _ = run("status")
+        assert rc == 0 and out["packs"][0]["latest"] == "1.1.0" and out["packs"][0]["newer"] is True
+        # a version the hub does not have is bad input naming what it has; a corrupted file is refused
+        rc, out, _ = run("install", f"hf:{REPO_ID}", "--version", "9")
+        assert rc == 1 and "has no version 9" in out["error"]["message"] and "1.1.0" in out["error"]["message"]
+        hub.serve_wrong_bytes.add("1.1.0/tensors.safetensors")
+        rc, out, _ = run("install", f"hf:{REPO_ID}")
+        assert rc == 1, out
+        assert pk.load_pack(installed).version == "1.0.0"  # nothing installed is lost
+    finally:
+        hub.server.shutdown()

@@ -227,9 +227,14 @@ def _hf_call(repo: str, fn):
         raise SourceError(f"hf:{repo}: the hub cannot be reached ({e})", file=repo) from None
 
 
-def hf_versions(repo: str) -> dict[str, str]:
+def hf_files(repo: str) -> list[str]:
+    """Every file of the repo's main revision (the model info's siblings)."""
+    return _hf_call(repo, lambda: [s.rfilename for s in (_hf_api().model_info(repo).siblings or [])])
+
+
+def hf_versions(repo: str, files: list[str] | None = None) -> dict[str, str]:
     """version -> folder in the repo ('' for a pack at its top), from the repo's file list."""
-    files = _hf_call(repo, lambda: [s.rfilename for s in (_hf_api().model_info(repo).siblings or [])])
+    files = hf_files(repo) if files is None else files
     out: dict[str, str] = {}
     for f in files:
         parts = f.split("/")
@@ -281,18 +286,20 @@ def fetch(source: Source, version: str | None, into: Path) -> Path:
         safe_extract(arch, into)
         versions = folder_versions(_archive_root(into))
         return versions[_pick(versions, version, where)]
-    versions = hf_versions(source.location)
+    repo = source.location
+    files = hf_files(repo)
+    versions = hf_versions(repo, files)
     sub = versions[_pick(versions, version, where)]
-    from huggingface_hub import snapshot_download
+    # the chosen version's files only: `<version>/...`, or the top-level files of a pack at the top
+    wanted = [f for f in files if f.startswith(sub + "/")] if sub else [f for f in files if "/" not in f]
+    from huggingface_hub import hf_hub_download
 
-    patterns = [f"{sub}/*", f"{sub}/**"] if sub else None
-    _hf_call(source.location, lambda: snapshot_download(source.location, local_dir=into / "dl", allow_patterns=patterns))
-    root = into / "dl" / sub if sub else into / "dl"
-    shutil.rmtree(root / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping in local_dir
-    if not sub:
-        for sub_dir in [p for p in root.iterdir() if p.is_dir() and pk.VERSION_RE.match(p.name)]:
-            shutil.rmtree(sub_dir)  # other versions beside a top-level pack are not part of it
-    return root
+    dl = into / "dl"
+    for f in wanted:
+        # huggingface_hub refuses names that escape local_dir; the pack's own checks run after
+        _hf_call(repo, lambda f=f: hf_hub_download(repo, f, local_dir=dl))
+    shutil.rmtree(dl / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping in local_dir
+    return dl / sub if sub else dl
 
 
 # -- the registry ----------------------------------------------------------------------------------
