@@ -19,8 +19,9 @@ from ..errors import SurgeryError
 
 CONNECT_TIMEOUT_S = 5.0  # a TCP probe of the head node before ray.init, which itself may wait minutes
 LOCAL_PREFIX = "local:"
-# The raylet waits this long for its agents' ports; Ray's 30 s is too short on a loaded machine
-# (the agents are Python processes importing a lot), and it then aborts the whole start.
+# A local Ray's agents are Python processes importing a lot: give them longer than Ray's default to
+# register on a loaded machine. (The raylet's own wait for their ports is fixed: on a machine with
+# several times more runnable processes than cores a local start can still time out.)
 LOCAL_SYSTEM_CONFIG = {"agent_register_timeout_ms": 180_000}
 JOIN_RETRIES = 4  # about a second each: with the probe, a dead address fails within 10 s
 _JOIN_ENV = {"RAY_gcs_server_port_wait_time_s": str(JOIN_RETRIES)}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -403,6 +402,3 @@ def build_table(
     tensor_order = {(info.path, n): i for info in models for i, n in enumerate(info.order)}
     return [{c: r[c] for c in ALL_COLUMNS} for r in sort_rows(rows, model_order, tensor_order)], skipped
 
-
-def elapsed(t0: float) -> float:
-    return round(time.perf_counter() - t0, 3)
