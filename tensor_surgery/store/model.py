@@ -400,7 +400,7 @@ def resolve_model_path(path: str | os.PathLike) -> str:
                 f"({', '.join(g.name for g in ggufs[:5])}{', ...' if len(ggufs) > 5 else ''})",
                 file=str(p), field="format",
             )
-        from .foreign import folder_message  # GGUF, PyTorch or numpy files: say so, and what to do
+        from .foreign import folder_message  # PyTorch or numpy files: say so, and what to do
 
         if found := folder_message(str(p)):
             raise InvalidModelFile(found[0], file=str(p), field="format", foreign_files=found[1])
