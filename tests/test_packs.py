@@ -366,3 +366,43 @@ def test_install_and_status_from_a_hugging_face_repo_through_huggingface_hub(tmp
         assert pk.load_pack(installed).version == "1.0.0"  # nothing installed is lost
     finally:
         hub.server.shutdown()
+
+
+# -- the API -----------------------------------------------------------------------------------------------
+
+
+def test_packs_api_installs_verifies_and_refuses_bad_input(tmp_path, remote):
+    from fastapi.testclient import TestClient
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL, make_settings, write_tiny_llama
+
+    model = write_tiny_llama(tmp_path / "m" / "model.safetensors")
+    app = create_app(make_settings(tmp_path, model, allowed_roots=[tmp_path / "m", tmp_path / "data", remote]))
+    with TestClient(app, base_url=BASE_URL) as c:
+        r = c.post("/api/packs/install", json={"source": str(remote), "version": "1.0.0"})
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == "1.0.0"
+        [row] = c.get("/api/packs").json()["packs"]
+        assert row["name"] == "concept" and row["modified"] is False
+        assert c.get("/api/packs/status").json()["packs"][0]["latest"] == "1.1.0"
+        assert c.post("/api/packs/concept/verify").json()["ok"] is True
+        # a path outside ALLOWED_ROOTS is refused before anything is read
+        outside = tmp_path / "elsewhere"
+        make(outside / "1.0.0")
+        r = c.post("/api/packs/install", json={"source": str(outside)})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "path_not_allowed"
+        # a damaged pack verifies as failed, naming the file (a 200 report, not an error)
+        blob = tmp_path / "data" / "packs" / "concept" / "tensors.safetensors"
+        blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
+        report = c.post("/api/packs/concept/verify").json()
+        assert report["ok"] is False and "tensors.safetensors" in report["errors"][0]["message"]
+        assert c.get("/api/packs").json()["packs"][0]["modified"] is True
+        # the monitor needs the live model; unknown packs are 404; bad names are 422
+        r = c.put("/api/packs/monitor", json={"packs": ["concept"]})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "live_not_loaded"
+        assert c.post("/api/packs/nope/verify").status_code == 404
+        assert c.delete("/api/packs/..%2Fetc").status_code in (404, 422)
+        assert c.delete("/api/packs/concept").json()["removed"] is True
+        assert c.get("/api/packs").json()["packs"] == []

@@ -422,11 +422,12 @@ class PackRegistry:
         self.entry(name)
         return pk.load_pack(self.path(name), model_checksum=model_checksum)
 
-    def verify(self, target: str) -> dict:
-        """Verify an installed pack (by name) or a pack folder; never raises for a bad pack."""
+    def verify(self, target: str, *, installed: bool = False) -> dict:
+        """Verify an installed pack (by name) or a pack folder (only an installed name with
+        `installed`); never raises for a bad pack."""
         entry = None
         folder = Path(target)
-        if pk.NAME_RE.match(target) and not folder.is_dir():
+        if installed or (pk.NAME_RE.match(target) and not folder.is_dir()):
             entry = self.entry(target)
             folder = self.path(target)
         report: dict[str, Any] = {"pack": target, "folder": str(folder), "ok": True, "errors": []}

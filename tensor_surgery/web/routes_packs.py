@@ -211,8 +211,7 @@ def show(name: PackName, settings: SettingsDep) -> dict:
 @router.post("/{name}/verify", summary="Check every file of an installed pack against its pack.json")
 def verify(name: PackName, settings: SettingsDep) -> dict:
     reg = _registry(settings)
-    reg.entry(name)
-    return _with(reg, reg.verify(name))
+    return _with(reg, reg.verify(name, installed=True))
 
 
 @router.post("/{name}/push", summary="Publish an installed pack to a remote folder, an archive or a HF repo")
