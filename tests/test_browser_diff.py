@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from .conftest import tiny_llama_tensors
-from .test_browser import CHROMIUM, browser, guarded_page, server_env, serving  # noqa: F401
+from .test_browser import CHROMIUM, TIMEOUT_MS, browser, guarded_page, server_env, serving  # noqa: F401
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -107,32 +107,38 @@ def test_diff_colours_the_canvas_and_opens_deltas(ui, models):
     want = page.evaluate("(n) => { const v = window.__ts.canvas; return v.tileColour(v.items.find((i) => i.t.name === n)); }", MOVED)
     assert moved_px == css_rgb(ui, want) != before
     assert ui.canvas_pixel(*tile_centre(ui, NEW)) == css_rgb(ui, "#e5484d")
-    expect(page.locator("#canvas-legend .legend-ramp")).to_be_visible()
+    expect(page.locator("#canvas-legend .legend-ramp")).to_be_visible(timeout=TIMEOUT_MS)
     ui.wait_text("#canvas-legend", "relative change")
     ui.wait_text("#canvas-legend", "not in the base")
     # the table: most moved first; sorting by name reorders it
     first = page.locator("#diff-table tbody tr").first
-    expect(first).to_have_attribute("data-name", MOVED)
+    expect(first).to_have_attribute("data-name", MOVED, timeout=TIMEOUT_MS)
     page.click('#diff-table th[data-key="name"]')
     names = page.eval_on_selector_all("#diff-table tbody tr", "rows => rows.map((r) => r.dataset.name)")
     assert names[0] == "model.embed_tokens.weight" and names[-1] == "model.norm.weight"  # by name, ascending
     # a click on a tile opens its delta in the Diff tab
     x, y = ui.canvas_point(MOVED)
     page.mouse.click(x, y)
-    expect(page.locator('.tabs [data-tab="diff"]')).to_have_attribute("aria-selected", "true")
-    expect(page.locator("#diff-delta")).to_have_attribute("data-drawn", MOVED)
+    expect(page.locator('.tabs [data-tab="diff"]')).to_have_attribute("aria-selected", "true", timeout=TIMEOUT_MS)
+    expect(page.locator("#diff-delta")).to_have_attribute("data-drawn", MOVED, timeout=TIMEOUT_MS)
     z = np.array(page.evaluate("document.getElementById('diff-heatmap').data[0].z"), dtype=np.float64)
     d = ft[MOVED].astype(np.float64) - base[MOVED].astype(np.float64)
     assert z.shape == (64, 32) and np.array_equal(z, d[:64, :32])
     # a row of the table opens another's, and the slice controls move the window
     page.locator(f'#diff-table tr[data-name="{NUDGED}"]').click()
-    expect(page.locator("#diff-delta")).to_have_attribute("data-drawn", NUDGED)
+    expect(page.locator("#diff-delta")).to_have_attribute("data-drawn", NUDGED, timeout=TIMEOUT_MS)
     page.fill('#diff-delta input[aria-label^="row from"]', "8")
     page.press('#diff-delta input[aria-label^="row from"]', "Tab")  # commits the value: one change event
     page.wait_for_function("document.getElementById('diff-heatmap').data[0].y[0] === 8")
     z = np.array(page.evaluate("document.getElementById('diff-heatmap').data[0].z"), dtype=np.float64)
     d = ft[NUDGED].astype(np.float64) - base[NUDGED].astype(np.float64)
     assert np.array_equal(z, d[8:32, :32])
+    # a tile picked from another tab is Focus's, as always
+    ui.tab("patches")
+    page.mouse.click(*ui.canvas_point(SAME))
+    expect(page.locator('.tabs [data-tab="focus"]')).to_have_attribute("aria-selected", "true", timeout=TIMEOUT_MS)
+    expect(page.locator("#diff-delta")).to_have_attribute("data-drawn", NUDGED)  # the Diff tab kept its delta
+    ui.tab("diff")
     # clearing gives the type colours back
     page.click("#diff-clear")
     page.wait_for_function("window.__ts.canvas.colours === null")

@@ -50,9 +50,21 @@ export function initDiff() {
   ui.base.addEventListener("keydown", (e) => { if (e.key === "Enter") run(); });
   on("model-switching", reset);
   on("model", reset);
+  // Which tab a select took the page away from: Focus shows itself on every select, before this
+  // panel hears of it, so the tab shown before is remembered until the select's dispatch is over.
+  let shown = "focus", leftDuringSelect = null;
+  on("tab-shown", (tab) => {
+    if (tab !== shown) {
+      leftDuringSelect = shown;
+      queueMicrotask(() => { leftDuringSelect = null; });
+    }
+    shown = tab;
+  });
   on("select", (name) => {
-    // while the canvas shows the diff, a tile's click means "its delta" (Focus loads it meanwhile)
-    if (diff && ui.colour.checked && rowOf(name)) {
+    // a tensor picked while the Diff tab shows the diff's colours (a tile's click): its delta,
+    // here (Focus loads it meanwhile); picked from another tab, Focus keeps the page
+    const fromDiff = shown === "diff" || leftDuringSelect === "diff";
+    if (fromDiff && diff && ui.colour.checked && rowOf(name)) {
       openDelta(name);
       document.querySelector('[data-tab="diff"]').click();
     }
