@@ -253,17 +253,29 @@ def test_unmatched_and_reshaped_tensors_are_listed(tiny_pair, tmp_path, run):
     assert json.loads(res.output)["summary"]["only_in_base"] == 1
 
 
-def test_lora_reports_norms_as_not_captured(tiny_pair, tmp_path, run):
-    a, b, *_ = tiny_pair
+def test_lora_reports_norms_and_embeddings_as_not_captured(tiny_pair, tmp_path, run):
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    a, _, base, ft = tiny_pair
+    ft = dict(ft)
+    emb = "model.embed_tokens.weight"  # 2-D, but an embedding: PEFT's Linear LoRA cannot carry it
+    ft[emb] = (base[emb].astype(np.float64) + 0.01).astype(ml_dtypes.bfloat16)
+    b = tmp_path / "ft-emb.safetensors"
+    save_file(ft, str(b))
     res = run("diff", a, b, "--out", tmp_path / "lora", "--extract-lora", 4, "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert [c["name"] for c in report["captured"]] == ["model.layers.0.mlp.up_proj.weight"]
     missed = {n["name"]: n for n in report["not_captured"]}
     assert missed["model.norm.weight"]["delta_energy"] == pytest.approx(16 * 0.25, rel=1e-12)
-    assert set(missed) == {"model.norm.weight", "model.layers.1.input_layernorm.weight", "model.extra.weight",
+    d = ft[emb].astype(np.float64) - base[emb].astype(np.float64)
+    assert missed[emb]["delta_energy"] == pytest.approx(float(np.sum(d * d)), rel=1e-9)
+    assert set(missed) == {"model.norm.weight", emb, "model.layers.1.input_layernorm.weight", "model.extra.weight",
                            "model.layers.1.mlp.gate_proj.weight"}
-    # the norm's delta is most of what the adapter leaves out
+    cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == ["model.layers.0.mlp.up_proj"]
+    # what no LoRA carries counts in the overall error, not in the truncation's
     assert report["relative_error_overall"] > report["relative_error_captured"]
 
 

@@ -83,6 +83,12 @@ def diff_command(base, model, out, pattern, no_rank, lora_rank, ray_address, as_
         rank = "" if r["delta_rank"] is None else f"  delta rank {r['delta_rank']}/{r['delta_max_rank']}"
         rel = "-" if r["relative_change"] is None else f"{r['relative_change']:.3e}"
         click.echo(f"  {r['name']}: relative change {rel}, {r['changed_fraction']:.1%} of elements{rank}")
+    for status, what in (("only_in_base", "only in BASE"), ("only_in_model", "only in MODEL"),
+                         ("shape_changed", "another shape")):
+        names = [r["name"] for r in result["rows"] if r["status"] == status]
+        if names:
+            more = f" and {len(names) - 5} more (see {out})" if len(names) > 5 else ""
+            click.echo(f"  {what}: {', '.join(names[:5])}{more}")
 
 
 class WriteFailed(SurgeryError):
