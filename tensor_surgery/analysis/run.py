@@ -23,12 +23,19 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import __version__
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, SurgeryError
 from ..surgery.library import atomic_write
 from . import table as tb
 from .writers import format_of, write_table
 
 META_NAME = "run_meta.json"
+
+
+class WriteFailed(SurgeryError):
+    code = "write_failed"
+    http_status = 409  # the file system refused; not a bug of ours (5xx would say so)
+    exit_code = 1
+
 PARTIAL_VERSION = 1
 
 
@@ -214,11 +221,15 @@ def analyze_to_file(
 
         rows, skipped = tb.build_table(models, options, ray_address=ray_address, done=done,
                                        on_result=record, progress=progress)
-    nbytes = write_table(rows, out, fmt)
     meta = run_meta(models, options, out=out, fmt=fmt, rows=len(rows), skipped=skipped,
                     command=command if command is not None else list(sys.argv), ray_address=ray_address,
                     started=started, resumed=resumed, pattern=pattern)
-    atomic_write(out.parent / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    try:
+        nbytes = write_table(rows, out, fmt)
+        atomic_write(out.parent / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: the results stay in the partial file
+        raise WriteFailed(f"could not write {out}: {e.strerror or e}; run the same command again to retry "
+                          "(the analysed tensors are kept)", path=str(out)) from None
     ppath.unlink(missing_ok=True)
     return {"out": str(out), "format": fmt, "bytes": nbytes, "rows": len(rows), "skipped": skipped,
             "resumed_tensors": resumed, "run_meta": str(out.parent / META_NAME), "table": rows}

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..analysis import table as tb
-from ..analysis.run import META_NAME, compile_match, run_meta
+from ..analysis.run import META_NAME, WriteFailed, compile_match, run_meta
 from ..analysis.writers import render
 from ..errors import SurgeryError
 from ..surgery.library import atomic_write
@@ -144,9 +144,12 @@ def export_table(body: ExportRequest, request: Request, model: ModelDep, ws: Wor
     if out.is_dir() or (out.exists() and not body.overwrite):
         raise SurgeryError(f"{out} exists: choose another name or set overwrite", field="out", path=str(out))
     data = render(found["rows"], body.format)
-    atomic_write(out, data)
     meta = _meta(found, request, out.name, body.format, body)
-    atomic_write(out.parent / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    try:
+        atomic_write(out, data)
+        atomic_write(out.parent / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+    except OSError as e:
+        raise WriteFailed(f"could not write {out}: {e.strerror or e}", path=str(out)) from None
     return {"path": str(out), "bytes": len(data), "rows": len(found["rows"]), "run_meta": str(out.parent / META_NAME)}
 
 
