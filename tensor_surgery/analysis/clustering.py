@@ -50,11 +50,12 @@ BY = ("rows", "cols", "heads")
 FEATURES = ("mean_over_std", "log10_std", "log10_absmax_over_std", "log10_kurtosis", "log10_stable_rank",
             "s2_over_s1", "s3_over_s1", "s4_over_s1", "s5_over_s1", "s6_over_s1", "log10_rows", "log10_cols",
             "row_norm_cv", "col_norm_cv")
-FEATURE_VERSION = 3  # part of the cache key: bump when a feature's definition changes
+FEATURE_VERSION = 4  # part of the cache key: bump when a feature's definition changes
 TOP_SV = 6  # singular values kept (the features use sigma_2..6 / sigma_1)
 SKETCH_OVERSAMPLE = 10  # extra columns of the random sketch (Halko et al.: 5-10 is enough)
 POWER_ITERS = 2  # power iterations of the sketch (big matrices only): flat spectra converge slowly
-GRAM_MAX_SIDE = 2048  # exact singular values from a Gram matrix of at most 2048^2 (32 MB float64)
+GRAM_MAX_SIDE = 2048  # exact singular values from a Gram matrix of at most 2048^2 (32 MB float64)...
+GRAM_MAX_WORK = 1 << 33  # ...costing at most this many multiply-adds (a 4096 x 2048 matrix; an embedding sketches)
 IN_MEMORY_ELEMS = 1 << 22  # a matrix up to this many elements is read once (16 MB float32), else streamed
 BLOCK_ELEMS = 1 << 22  # elements per streamed block
 CHUNK_ELEMS = 1 << 20  # elements per statistics chunk (the store's own)
@@ -132,15 +133,18 @@ def matrix_facts(reader: TensorReader, k: int = TOP_SV, seed: int = 0) -> tuple[
     """The top k singular values of the tensor's (shape[0], rest) view, and the coefficients of
     variation of its row norms and of its column norms.
 
-    A matrix whose smaller side is at most GRAM_MAX_SIDE (every matrix of a 7B model but the
-    largest) gets its singular values from the Gram matrix of that side, accumulated block by block
+    A matrix whose smaller side is at most GRAM_MAX_SIDE, and whose Gram matrix costs at most
+    GRAM_MAX_WORK multiply-adds (every layer matrix of a small model), gets its singular values from
+    the Gram matrix of that side, accumulated block by block
     (float32 products, float64 sums: relative error about sqrt(rows) * eps32), so memory is that
     side squared. Bigger ones use a randomized range finder (Halko, Martinsson & Tropp 2011) with
     POWER_ITERS power iterations, streamed by row blocks: (rows + cols) x (k + SKETCH_OVERSAMPLE)
     of memory; its values are lower bounds of the true ones (Ritz values), close for the top one."""
     m = reader.shape[0]
     n = reader.numel // m
-    if min(m, n) <= GRAM_MAX_SIDE and (m >= n or len(reader.shape) == 2 or m * n <= IN_MEMORY_ELEMS):
+    small = min(m, n)
+    if small <= GRAM_MAX_SIDE and m * n * small <= GRAM_MAX_WORK \
+            and (m >= n or len(reader.shape) == 2 or m * n <= IN_MEMORY_ELEMS):
         return _gram_facts(reader, m, n, k)
     return _sketch_facts(reader, m, n, k, seed)
 

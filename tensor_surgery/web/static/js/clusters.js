@@ -61,12 +61,17 @@ export function initClusters() {
   on("tensors", () => {
     const list = document.getElementById("clusters-names");
     setChildren(list, state.tensors.filter((t) => t.shape.length === 2).slice(0, 5000).map((t) => el("option", { value: t.name })));
+    drawOnce();
   });
-  on("tab-shown", (tab) => {
-    if (tab !== "clusters" || !state.model || drawnFor === state.model.path) return;
-    drawnFor = state.model.path;
-    run();
-  });
+  on("tab-shown", (tab) => { if (tab === "clusters") drawOnce(); });
+}
+
+// The first look at the tab for a model draws its tensors; so does a model opened while it shows.
+function drawOnce() {
+  if (!state.model || !state.tensors.length || drawnFor === state.model.path) return;
+  if (document.getElementById("tab-clusters").hidden) return;
+  drawnFor = state.model.path;
+  run();
 }
 
 function modeChanged() {
@@ -96,6 +101,11 @@ function reset() {
   setChildren(ui.skipped);
   ui.run.disabled = false;
   clearError(ui.error);
+  // another model's tensor names mean nothing here: back to the map of the whole model
+  ui.mode.value = "tensors";
+  ui.tensor.value = "";
+  ui.rows.value = "";
+  modeChanged();
 }
 
 // rows/cols box: "#12, #40" or "12,40" are ids; anything else is token texts (rows only)
