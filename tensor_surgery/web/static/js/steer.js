@@ -44,7 +44,9 @@ export function initSteer() {
           el("option", { value: "mean" }, "mean diff"), el("option", { value: "pca" }, "PCA (repeng)")),
         el("select", { id: "steer-read", "aria-label": "Read at" },
           el("option", { value: "last" }, "last token"), el("option", { value: "mean" }, "mean of tokens")),
-        el("button", { class: "primary", id: "steer-extract", onclick: extract }, "Extract"))),
+        el("button", { class: "primary", id: "steer-extract", onclick: extract, disabled: true,
+          title: "runs on the live model: enabled once it is loaded" }, "Extract"),
+        el("span", { id: "steer-state", class: "muted mono" }, "live model: connecting…"))),
     el("div", { class: "section" },
       el("h4", {}, "Vectors on the live model"),
       el("ul", { class: "list", id: "steer-vectors" }),
@@ -106,6 +108,7 @@ function reset() {
   purge("lens-heatmap");
   purge("lens-curves");
   clearError(err());
+  document.getElementById("steer-extract").disabled = true; // until the socket says the new model is ready
   if (shown) refreshVectors();
 }
 
@@ -119,6 +122,9 @@ function connect() {
     const msg = JSON.parse(m.data);
     if (msg.type === "status") {
       status = msg;
+      document.getElementById("steer-state").textContent = `live model: ${msg.state}${msg.state === "loading" ? ` (${msg.message})` : ""}`;
+      const button = document.getElementById("steer-extract");
+      if (button.textContent === "Extract") button.disabled = msg.state !== "ready";
       if (shown && msg.state === "unloaded") socket.send(JSON.stringify({ type: "load" }));
       if (msg.state === "ready") refreshVectors();
     } else if (msg.type === "logits") {
@@ -187,7 +193,7 @@ async function extract() {
       read: document.getElementById("steer-read").value } });
     await refreshVectors();
   } catch (e) { fail(e); } finally {
-    button.disabled = false;
+    button.disabled = status?.state !== "ready";
     button.textContent = "Extract";
   }
 }
