@@ -12,18 +12,20 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import SurgeryError
 
-CONNECT_TIMEOUT_S = 5.0  # a TCP probe of the head node before ray.init, which itself may wait minutes
+CONNECT_TIMEOUT_S = 3.0  # a TCP probe of the head node before ray.init, which itself may wait minutes
 LOCAL_PREFIX = "local:"
 # A local Ray's agents are Python processes importing a lot: give them longer than Ray's default to
 # register on a loaded machine. (The raylet's own wait for their ports is fixed: on a machine with
 # several times more runnable processes than cores a local start can still time out.)
 LOCAL_SYSTEM_CONFIG = {"agent_register_timeout_ms": 180_000}
-JOIN_RETRIES = 4  # about a second each: with the probe, a dead address fails within 10 s
+JOIN_RETRIES = 4  # about a second each when the port answers with an error
+JOIN_DEADLINE_S = 6.0  # joining gives up after this, however Ray's attempts go: with the probe, < 10 s
 _JOIN_ENV = {"RAY_gcs_server_port_wait_time_s": str(JOIN_RETRIES)}
 
 Progress = Callable[[int, int], None]  # (tasks done, tasks total)
@@ -57,8 +59,9 @@ def run_tasks(
           it is shut down when the iterator finishes or is closed.
       If this process already holds a Ray connection (`ray.is_initialized()`), that is used as it
       is and left open. Connecting happens here, before the iterator is returned: an address
-      that does not answer raises `ClusterUnavailable` within about `CONNECT_TIMEOUT_S` seconds,
-      before the caller has written anything.
+      that does not answer raises `ClusterUnavailable` within `CONNECT_TIMEOUT_S` (nothing
+      listens) or `CONNECT_TIMEOUT_S + JOIN_DEADLINE_S` seconds (something listens but is not a
+      Ray head that answers), before the caller has written anything.
     - `progress(done, total)`: called after each finished task.
 
     An exception raised by `fn` is re-raised from the iterator as the original exception (not
@@ -114,11 +117,29 @@ def _connect(address: str):
         return ray, False
     target = _resolve(address)
     _probe(address, target)
-    try:
-        with _connect_budget():
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except Exception as e:  # Ray raises ConnectionError, RuntimeError, TimeoutError... by version
-        raise ClusterUnavailable(f"could not join the Ray cluster at {address!r}: {e}", field="ray") from None
+    outcome: dict = {}
+
+    def join() -> None:
+        try:
+            with _connect_budget():
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            outcome["ok"] = True
+        except BaseException as e:  # Ray raises ConnectionError, RuntimeError, TimeoutError... by version
+            outcome["error"] = e
+
+    # A port that accepts and then says nothing holds each of Ray's attempts for its RPC deadline:
+    # the deadline here is ours, whatever Ray does.
+    worker = threading.Thread(target=join, name="ray-connect", daemon=True)
+    worker.start()
+    worker.join(JOIN_DEADLINE_S)
+    if worker.is_alive():
+        raise ClusterUnavailable(
+            f"the Ray cluster at {address!r} did not answer within {JOIN_DEADLINE_S:g} s (something listens "
+            "there, but not a Ray head node that answers). Check the address and `ray status` on the head",
+            field="ray")
+    if "error" in outcome:
+        raise ClusterUnavailable(f"could not join the Ray cluster at {address!r}: {outcome['error']}",
+                                 field="ray") from None
     return ray, False
 
 
