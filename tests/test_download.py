@@ -161,6 +161,13 @@ def test_download_verifies_and_reuses_then_replaces_a_corrupted_cached_file(hub,
     assert by_name["model.safetensors"]["algorithm"] == "sha256"
     assert by_name["model.safetensors"]["digest"] == hashlib.sha256(data).hexdigest()
     assert by_name["config.json"]["algorithm"] == "git-sha1"
+    # the printed folder is what analyze takes: its rows name the hub model and the commit
+    from tensor_surgery.analysis import run as run_mod
+    from tensor_surgery.analysis import table as tb
+
+    rows = run_mod.analyze_to_file([str(snap)], tmp_path / "t.jsonl", tb.Options(rank="none"), command=["t"])["table"]
+    assert {(r["model_id"], r["revision"]) for r in rows} == {(REPO_ID, COMMIT)}
+    assert sorted(r["param_name"] for r in rows) == ["b", "w"]
 
     # second run: everything valid in the cache, nothing fetched again
     hub.gets.clear()
