@@ -166,6 +166,12 @@ class Item:
         return not (self.origin == "target" and self.ref.name == self.name and not self.converted
                     and self.shape == self.ref.shape)
 
+    @property
+    def shifted_in_place(self) -> bool:
+        """A layer's tensor renumbered (or copied) onto a name the target has, same shape and dtype."""
+        return (self.action in ("renumber", "duplicate") and self.before is not None
+                and tuple(self.before.shape) == tuple(self.shape) and self.before.dtype.name == self.dtype.name)
+
 
 @dataclass
 class Plan:
@@ -202,6 +208,9 @@ class Plan:
     def entry(self, i: Item) -> dict:
         v = self.compat.verdicts.get(i.name)
         verdict, reason = (v.verdict, v.reason) if v is not None else ("ok", "")
+        if v is None and i.shifted_in_place:
+            verdict, reason = "ok", (f"{i.ref.name} {'copied' if i.action == 'duplicate' else 'renumbered'} to "
+                                     f"{i.name}: the same shape and dtype as the target's tensor there")
         notes = []
         if i.converted:
             notes.append(f"converted {i.ref.dtype.name} -> {i.dtype.name} (round to nearest even)")
@@ -421,7 +430,10 @@ def plan_transplant(target: Model, source: Model | None, spec: TransplantSpec) -
     from .compat import check_model
 
     tensors = {i.name: (tuple(i.shape), i.dtype.name) for i in items}
-    changed = [i.name for i in items if i.changed]
+    # Layers moved by a duplication or removal are judged here when they take the place of a tensor of
+    # the same shape and dtype (the layer they shift onto was built from the same config); compat
+    # judges everything else. On a 92k-tensor MoE, that is a layer's tensors instead of most of the model.
+    changed = [i.name for i in items if i.changed and not i.shifted_in_place]
     before = {t.name: (tuple(t.shape), t.dtype.name) for t in target.tensors.values()}
     report = check_model(config or {}, tensors, changed + deleted, before=before)
     return Plan(target, source, spec, items, deleted, config, config_changed, report, notes)
