@@ -428,3 +428,39 @@ def test_live_gguf_load_and_pack_save_round_trip(lc):
     back, hint = read_control_vector(r.json()["path"])
     assert hint == "llama" and back.layers == [7, 8]
     assert lc.delete("/api/steering/vectors/cv").status_code == 200
+
+
+def test_live_lens_table_and_a_tuned_lens_job(lc, smol):
+    """The lens routes on the live model: the logit lens's last block is the live top token; a
+    tuned lens trained as a (one-step) job becomes available to the table and its pack reloads."""
+    import time
+
+    from .conftest import assert_error
+
+    model, tok = smol
+    assert_error(lc.get("/api/lens", params={"kind": "tuned"}), 400, "invalid_request", "no tuned lens")
+    r = lc.get("/api/lens", params={"prompt": "The capital of France is"})
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert t["kind"] == "logit" and len(t["layers"]) == N_LAYERS and t["tokens"][-1] == " is"
+    with torch.inference_mode():
+        final = model(**tok("The capital of France is", return_tensors="pt")).logits[0, -1].float()
+    assert t["layers"][-1]["token_id"][-1] == int(final.argmax())
+
+    r = lc.post("/api/lens/tuned/train", json={"name": "one-step", "steps": 1, "seq_len": 8, "eval_sequences": 1})
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    deadline = time.monotonic() + 600
+    while (s := lc.get(f"/api/jobs/{job}").json())["state"] == "running":
+        assert time.monotonic() < deadline, s
+        time.sleep(0.5)
+    assert s["state"] == "done", s
+    metrics = s["result"]["metrics"]
+    assert len(metrics["tuned_kl"]) == len(metrics["logit_kl"]) == N_LAYERS
+    tuned = lc.get("/api/lens", params={"kind": "tuned", "prompt": "The capital of France is"}).json()
+    assert tuned["kind"] == "tuned" and tuned["tuned"]["pack"] == s["result"]["pack"]
+    assert tuned["layers"] != t["layers"]  # one Adam step moves every translator off the identity
+    r = lc.post("/api/lens/tuned/load", json={"path": s["result"]["pack"]})
+    assert r.status_code == 200 and r.json()["layers"] == list(range(N_LAYERS))
+    assert_error(lc.post("/api/lens/tuned/train", json={"name": "one-step", "steps": 1}), 400, "invalid_request",
+                 "already exists")
