@@ -404,3 +404,46 @@ def test_sigkill_while_journaling_an_in_place_apply_leaves_no_tmp_after_restart(
     assert not tmp.exists()
     assert {path: path.read_bytes() for path in planted} == planted
     assert sha256(model) == original
+
+
+SERVER_TRANSPLANT_CHILD = SERVER_EXPORT_CHILD.replace(
+    'r = c.post("/api/export", json={})',
+    'r = c.post("/api/transplant/write", json={"out": sys.argv[4], "recipe": False, '
+    '"rename": [{"from": sys.argv[5], "to": sys.argv[5] + ".moved"}]})')
+
+
+def test_sigkill_during_server_transplant_leftovers_beside_its_output_are_cleaned_at_start(big, tmp_path):
+    """A transplant writes through the same hidden partial folder as an export, beside its own
+    output (here a folder of the user's, not DATA_DIR/exports): the next start finds the job
+    interrupted and removes that partial folder, and nothing of the user's next to it."""
+    from fastapi.testclient import TestClient
+    from safetensors import safe_open
+
+    from tensor_surgery.web.app import create_app
+
+    from .conftest import BASE_URL, make_settings
+
+    data = tmp_path / "data"
+    mine = data / "mine"
+    mine.mkdir(parents=True)
+    with safe_open(big["model"], "np") as f:
+        first = sorted(f.keys())[0]
+    p = spawn(SERVER_TRANSPLANT_CHILD, big["model"], data, mine / "copy", first)
+
+    def partway() -> bool:
+        return any(f.stat().st_size > (4 << 20) for d in mine.iterdir() if ".partial-" in d.name
+                   for f in d.glob("*.safetensors"))
+
+    wait_for(partway, p)
+    time.sleep(PERSIST_WAIT)
+    assert kill_after(p, 0.0)
+    partial = next(e for e in mine.iterdir() if ".partial-" in e.name)
+    planted = plant_lookalikes(mine, partial)
+
+    settings = make_settings(tmp_path, big["model"])
+    with TestClient(create_app(settings), base_url=BASE_URL) as c:
+        (job,) = c.get("/api/jobs").json()["jobs"]
+        assert job["state"] == "interrupted" and job["kind"] == "transplant", job
+    assert not partial.exists()
+    assert not (mine / "copy").exists()
+    assert {path: path.read_bytes() for path in planted} == planted

@@ -52,10 +52,11 @@ def protected_folders(settings: Settings, ws: Workspace) -> list[tuple[str, obje
 
 def clean_leftovers_at_start(settings: Settings, ws: Workspace, jobs: JobRunner) -> list[str]:
     """At start: remove what killed exports left (in DATA_DIR/exports and beside the output of
-    each export found interrupted) and what killed in-place applies left beside the open model."""
+    each export or transplant found interrupted: both write through the same hidden partial
+    folders) and what killed in-place applies left beside the open model."""
     folders = {settings.data_dir / "exports"}
     for job in jobs.interrupted:
-        if job.kind == "export" and isinstance(job.meta.get("out"), str):
+        if job.kind in ("export", "transplant") and isinstance(job.meta.get("out"), str):
             out = job.meta["out"]
             if out in ws.roots:
                 folders.add(PathlibPath(out).parent)
