@@ -425,11 +425,17 @@ def _check_generic(report: CompatReport, cfg: Mapping, tensors: dict[str, tuple[
     the config gives it, and the token embeddings match hidden and vocab sizes."""
     names = list(tensors)
     layout = infer_layout(names, [tensors[n][0] for n in names]) if names else {}
-    peers: dict[tuple, list[str]] = {}
-    for name, meta in layout.items():
-        if "*" in meta.specific_type_key:  # inside a numbered layer
-            peers.setdefault((meta.block, meta.specific_type_key), []).append(name)
     done = set(changed)
+    # per role (block, key): the shapes of its untouched tensors, counted once (a 92k-tensor MoE has
+    # 15k expert matrices per role: scanning them per changed name would be quadratic)
+    peer_shapes: dict[tuple, Counter] = {}
+    peer_example: dict[tuple, str] = {}
+    for name, meta in layout.items():
+        if "*" in meta.specific_type_key and name not in done:  # inside a numbered layer
+            role = (meta.block, meta.specific_type_key)
+            peer_shapes.setdefault(role, Counter())[tensors[name][0]] += 1
+            peer_example.setdefault((*role, tensors[name][0]), name)
+    common_of: dict[tuple, Shape] = {}
     H = _int(cfg, "hidden_size", "d_model", "n_embd", "dim", "hidden_dim")
     V = _int(cfg, "vocab_size", "n_vocab")
     before = {k: (tuple(int(n) for n in s), str(d)) for k, (s, d) in (before or {}).items()}
@@ -441,11 +447,14 @@ def _check_generic(report: CompatReport, cfg: Mapping, tensors: dict[str, tuple[
         shape, dtype = tensors[name]
         meta = layout[name]
         verdict = None
-        others = [p for p in peers.get((meta.block, meta.specific_type_key), []) if p not in done and p != name]
+        role = (meta.block, meta.specific_type_key)
+        others = peer_shapes.get(role) if "*" in meta.specific_type_key else None
         if others:
-            common, _ = Counter(tensors[p][0] for p in others).most_common(1)[0]
+            common = common_of.get(role)
+            if common is None:
+                common = common_of[role] = others.most_common(1)[0][0]
             if shape != common:
-                example = next(p for p in others if tensors[p][0] == common)
+                example = peer_example[(*role, common)]
                 verdict = Verdict(WILL_FAIL, f"{name} is {_shape_str(shape)} but the same tensor in the other layers "
                                   f"is {_shape_str(common)} (e.g. {example}): every layer is built from one config, "
                                   "so inference will fail with a shape mismatch (transformers refuses it when "
