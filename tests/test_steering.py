@@ -464,3 +464,23 @@ def test_live_lens_table_and_a_tuned_lens_job(lc, smol):
     assert r.status_code == 200 and r.json()["layers"] == list(range(N_LAYERS))
     assert_error(lc.post("/api/lens/tuned/train", json={"name": "one-step", "steps": 1}), 400, "invalid_request",
                  "already exists")
+
+
+def test_live_observers_read_block_outputs_into_the_logits_message(lc, smol):
+    """The hooks seam's other half: an observer sees each chosen block's output during the live
+    pass (after interventions) and its small result rides in the logits message."""
+    from tensor_surgery.live.hooks import Observer
+
+    model, tok = smol
+    live = lc.app.state.live
+    ob = Observer("norms", (0, 10), lambda hidden, ids: {str(L): float(h[0, -1].double().norm()) for L, h in hidden.items()})
+    live.hooks.put_observer(ob)
+    try:
+        msg = _published(live, lambda m: m.get("type") == "logits" and "norms" in m["observers"],
+                         lambda: live.set_prompt(PROMPT))
+    finally:
+        live.hooks.remove_observer("norms")
+    with torch.inference_mode():
+        hs = model(**tok(PROMPT, return_tensors="pt"), output_hidden_states=True).hidden_states
+    for L in (0, 10):
+        assert msg["observers"]["norms"][str(L)] == float(hs[L + 1][0, -1].double().norm())
