@@ -191,6 +191,8 @@ def remote(tmp_path):
 
 def test_install_status_push_verify_remove_round_trip_through_a_folder_remote(tmp_path, remote):
     data = tmp_path / "data"
+    rc, out, err = cli(data, "install", str(tmp_path / "nowhere"))
+    assert rc == 2 and out["error"]["code"] == "invalid_pack_source" and "nowhere" in out["error"]["message"]
     rc, out, err = cli(data, "install", str(remote), "--version", "1.0.0")
     assert rc == 0, err
     assert out["name"] == "concept" and out["version"] == "1.0.0"
@@ -359,7 +361,7 @@ def test_install_and_status_from_a_hugging_face_repo_through_huggingface_hub(tmp
         assert rc == 0 and out["packs"][0]["latest"] == "1.1.0" and out["packs"][0]["newer"] is True
         # a version the hub does not have is bad input naming what it has; a corrupted file is refused
         rc, out, _ = run("install", f"hf:{REPO_ID}", "--version", "9")
-        assert rc == 1 and "has no version 9" in out["error"]["message"] and "1.1.0" in out["error"]["message"]
+        assert rc == 2 and "has no version 9" in out["error"]["message"] and "1.1.0" in out["error"]["message"]
         hub.serve_wrong_bytes.add("1.1.0/tensors.safetensors")
         rc, out, _ = run("install", f"hf:{REPO_ID}")
         assert rc == 1, out

@@ -63,6 +63,13 @@ class SourceError(SurgeryError):
     exit_code = 1
 
 
+class InvalidSource(SourceError):
+    """Bad input: no such folder or archive, not a repo id, no such version at the source."""
+
+    code = "invalid_pack_source"
+    exit_code = 2
+
+
 @dataclass(frozen=True)
 class Source:
     type: str  # folder | archive | hf (| local: made on this machine, no source to fetch from)
@@ -81,7 +88,7 @@ def parse_source(text: str | Path) -> Source:
     if s.startswith("hf:"):
         m = HF_ID_RE.match(s)
         if not m:
-            raise SourceError(f"{s}: not a Hugging Face repo id (hf:owner/name)", field="source")
+            raise InvalidSource(f"{s}: not a Hugging Face repo id (hf:owner/name)", field="source")
         return Source("hf", m.group(2))
     p = Path(s).expanduser()
     if p.is_dir():
@@ -89,11 +96,11 @@ def parse_source(text: str | Path) -> Source:
     if _is_archive_name(p.name):
         return Source("archive", str(p.resolve()))
     if p.exists():
-        raise SourceError(f"{s}: neither a folder nor a .tar/.tar.gz/.tgz/.zip archive", file=s, field="source")
+        raise InvalidSource(f"{s}: neither a folder nor a .tar/.tar.gz/.tgz/.zip archive", file=s, field="source")
     m = HF_ID_RE.match(s)
     if m and not s.startswith((".", "/", "~")):
         return Source("hf", m.group(2))
-    raise SourceError(f"{s}: no such folder or archive (a Hugging Face repo id looks like owner/name)",
+    raise InvalidSource(f"{s}: no such folder or archive (a Hugging Face repo id looks like owner/name)",
                       file=s, field="source")
 
 
@@ -127,14 +134,14 @@ def folder_versions(folder: Path) -> dict[str, Path]:
 
 def _pick(versions: dict[str, Any], want: str | None, where: str):
     if not versions:
-        raise SourceError(f"{where}: holds no pack (no pack.json at its top or in <version>/ folders)",
+        raise InvalidSource(f"{where}: holds no pack (no pack.json at its top or in <version>/ folders)",
                           file=where, field="source")
     if want is None:
         return max(versions, key=pk.version_key)
     for v in versions:
         if pk.version_key(v) == pk.version_key(want):
             return v
-    raise SourceError(f"{where}: has no version {want} (it has {', '.join(sorted(versions, key=pk.version_key))})",
+    raise InvalidSource(f"{where}: has no version {want} (it has {', '.join(sorted(versions, key=pk.version_key))})",
                       file=where, field="version")
 
 
