@@ -472,6 +472,14 @@ def tensor_stats(
     if not dt.decodable:
         raise dt.undecodable()
     percentiles = _check_percentiles(percentiles)
+    if getattr(dt, "quantized", False):  # Q4_0 / Q4_1 / Q8_0: from codes and block scales
+        from . import gguf_stats
+
+        if gguf_stats.supports(reader):
+            try:
+                return gguf_stats.quant_stats(reader, threshold, percentiles, progress), None
+            except gguf_stats.Unsupported:  # NaN/inf scales in many blocks: the general path
+                pass
     if uses_table(dt):
         nbins = 16 if dt.name == "F4" else 1 << dt.bits
         counts = count_patterns(reader.iter_chunks(chunk_elems), nbins, reader.numel, progress)
