@@ -120,10 +120,12 @@ def check_against_oracle(stats: dict, v32: np.ndarray, threshold: float = st.SPA
 
 @pytest.fixture(scope="module")
 def small_chunks():
-    """Chunks of 7 blocks and a 5-block sample: many chunks, ragged ends, brackets that miss."""
+    """Chunks of 7 blocks and a 5-block sample: many chunks, ragged ends, brackets that miss; and
+    Q8_0 routed here too (it is handled, but by default the dequantizing path serves it)."""
     mp = pytest.MonkeyPatch()
     mp.setattr(gs, "CHUNK_BLOCKS", 7)
     mp.setattr(gs, "SAMPLE_BLOCKS", 5)
+    mp.setattr(gs, "ROUTED", {"Q4_0", "Q4_1", "Q8_0"})
     yield
     mp.undo()
 
@@ -147,7 +149,7 @@ def test_stats_equal_the_oracle(fixture_gguf, name, small_chunks):
 
 def _general(r):
     mp = pytest.MonkeyPatch()
-    mp.setattr(gs, "supports", lambda reader: False)
+    mp.setattr(gs, "supports", lambda reader, types=None: False)
     try:
         return st.tensor_stats(r, percentiles=PCTS)[0]
     finally:
@@ -175,7 +177,7 @@ def test_thresholds_nan_negative_and_wide(fixture_gguf, small_chunks):
     assert st.tensor_stats(r, threshold=float("nan"))[0]["sparse_count"] == 0
 
 
-def test_mostly_hostile_scales_take_the_general_path(tmp_path):
+def test_mostly_hostile_scales_take_the_general_path(tmp_path, small_chunks):
     rng = np.random.default_rng(3)
     raw = gq.quantize(rng.standard_normal((8, 64)).astype(np.float32), T.Q8_0)
     blocks = raw.reshape(-1, 34).copy()
