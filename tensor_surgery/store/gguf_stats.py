@@ -200,6 +200,12 @@ class _Kind:
         return int(np.count_nonzero(mk))
 
 
+def _popcount(mask: np.ndarray) -> int:
+    if mask.dtype == np.uint64:
+        return int(np.bitwise_count(mask).sum(dtype=np.int64))
+    return int(np.count_nonzero(mask))
+
+
 def _odd_finite(b: _Blocks) -> np.ndarray:
     v = b.odd_values
     return v[np.isfinite(v)] if v.size else v
@@ -408,7 +414,33 @@ def _read_brackets(kind: _Kind, chunks, brackets, t):
             if of.size:
                 sparse += int(np.count_nonzero((of >= -t) & (of <= t)))
         inside = None  # the union of every bracket's elements (brackets are disjoint)
+        # each block's lowest and highest value: a narrow bracket (the tails, min, max) reads
+        # only the blocks that reach into it; blocks wholly below it count 32 each
+        nb = b.d.size
+        with np.errstate(all="ignore"):
+            lo_b = kind.value(b, slice(None), b.mirrored.min(axis=1))
+            hi_b = kind.value(b, slice(None), b.mirrored.max(axis=1))
+        lo_b[b.odd] = np.nan  # (odd blocks: their values are in `of`)
+        hi_b[b.odd] = np.nan
         for i, (a, bb, _) in enumerate(brackets):
+            if of.size:
+                below[i] += int(np.count_nonzero(of < a))
+                vals[i].append(of[(of >= a) & (of <= bb)])
+            cand = np.flatnonzero((lo_b <= bb) & (hi_b >= a))
+            if cand.size * 4 < nb:
+                below[i] += BLOCK_ELEMS * int(np.count_nonzero(hi_b < a))
+                if not cand.size:
+                    continue
+                sub = _Blocks(None, b.flip[cand], b.mirrored[cand], b.d[cand],
+                              None if b.m is None else b.m[cand], b.odd[cand], b.odd_values)
+                lt_a = kind.masks(sub, kind.below(sub, np.float32(a), strict=True))
+                lt_b = kind.masks(sub, kind.below(sub, np.float32(bb), strict=False))
+                below[i] += _popcount(lt_a)
+                lt_b ^= lt_a
+                hit = np.flatnonzero(lt_b.view(np.uint8) if lt_b.dtype == np.uint64 else lt_b)
+                if hit.size:
+                    vals[i].append(kind.value(sub, hit >> 5, sub.mirrored.reshape(-1)[hit]))
+                continue
             lt_a = kind.masks(b, kind.below(b, np.float32(a), strict=True))
             lt_b = kind.masks(b, kind.below(b, np.float32(bb), strict=False))
             if lt_a.dtype == np.uint64:
@@ -420,11 +452,9 @@ def _read_brackets(kind: _Kind, chunks, brackets, t):
                 inside = lt_b
             else:
                 inside |= lt_b
-            if of.size:
-                below[i] += int(np.count_nonzero(of < a))
-                vals[i].append(of[(of >= a) & (of <= bb)])
-        # one scan for all brackets, then each value to its bracket by the bracket starts
-        hit = np.flatnonzero(inside.view(np.uint8) if inside.dtype == np.uint64 else inside)
+        # one scan for all wide brackets, then each value to its bracket by the bracket starts
+        hit = np.zeros(0, np.int64) if inside is None else np.flatnonzero(
+            inside.view(np.uint8) if inside.dtype == np.uint64 else inside)
         if hit.size:
             v = kind.value(b, hit >> 5, b.mirrored.reshape(-1)[hit])
             which = np.searchsorted(starts, v, side="right") - 1
