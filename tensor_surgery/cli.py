@@ -506,9 +506,10 @@ from .interp.probe_cli import probe  # noqa: E402
 
 main.add_command(probe)
 
-from .interp.steer_cli import steer  # noqa: E402
+from .interp.steer_cli import lens, steer  # noqa: E402
 
 main.add_command(steer)
+main.add_command(lens)
 
 from .analysis.cli import analyze, download  # noqa: E402  (analysis/cli.py imports emit & co. from here)
 main.add_command(analyze); main.add_command(download)  # noqa: E702

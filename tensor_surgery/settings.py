@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     )
     live_top_k: int = Field(10, ge=1, le=100, description="Tokens shown in the live logits chart.")
     live_prompt: str = Field("The capital of France is", description="The live view's first prompt.")
+    text_corpus: Path = Field(
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2",
+        description="Folder holding valid.txt (training) and test.txt (held out) plain text, for tuned-lens "
+        "training (default: wikitext-2 in ../shared/data beside the checkout).",
+    )
 
     @field_validator("allowed_roots", mode="before")
     @classmethod

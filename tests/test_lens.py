@@ -127,3 +127,43 @@ def test_tuned_lens_training_lowers_kl_and_saves_a_lens_pack(smol, tmp_path):
     with pytest.raises(ln.InvalidLens, match="this model needs") as e:
         ln.TunedLens.from_pack(pack, 64, N_LAYERS)
     assert e.value.context["field"] == "translator.0.bias" or e.value.context["field"].startswith("translator.")
+
+
+def test_cli_lens_train_then_show_logit_and_tuned(smol, ids, oracle, smol_dir, tmp_path, run):
+    """`lens train` writes a lens pack from the given corpus; `lens show` prints the logit lens
+    (the oracle's top tokens) and, with --pack, the tuned lens of that very pack."""
+    from tensor_surgery.interp.packs import load_pack
+
+    model, tok = smol
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    text = ("The European lobster is a species of clawed lobster from the eastern Atlantic Ocean, "
+            "the Mediterranean Sea and parts of the Black Sea. It is closely related to the American "
+            "lobster, and it may grow to a length of sixty centimetres and a mass of six kilograms.")
+    for split in ("valid", "test"):
+        (corpus / f"{split}.txt").write_text(text + "\n")
+    pack = tmp_path / "lens"
+    r = run("lens", "train", smol_dir, "--out", pack, "--steps", "1", "--seq-len", "8", "--eval-sequences", "1",
+            "--corpus", corpus, "--json")
+    assert r.exit_code == 0, r.stdout
+    trained = json.loads(r.stdout)
+    p = load_pack(pack)
+    assert p.kind == "lens" and p.model_checksum == trained["model_checksum"]
+    assert len(trained["metrics"]["tuned_kl"]) == N_LAYERS
+
+    r = run("lens", "show", smol_dir, PROMPT, "--json")
+    assert r.exit_code == 0, r.stdout
+    logit = json.loads(r.stdout)
+    assert logit["kind"] == "logit"
+    assert [row["token_id"] for row in logit["layers"]] == [pr.argmax(-1).tolist() for pr in oracle]
+    r = run("lens", "show", smol_dir, PROMPT, "--pack", pack, "--json")
+    assert r.exit_code == 0, r.stdout
+    tuned = json.loads(r.stdout)
+    expected = ln.lens_table(model, tok, ids, ln.TunedLens.from_pack(p, HIDDEN, N_LAYERS))
+    assert tuned["kind"] == "tuned" and tuned["layers"] == expected["layers"]
+    assert tuned["layers"] != logit["layers"]
+
+    r = run("lens", "train", smol_dir, "--out", pack, "--steps", "1", "--corpus", corpus, "--json")
+    assert r.exit_code == 2 and "already exists" in r.stdout
+    r = run("lens", "show", smol_dir, "   ", "--json")
+    assert r.exit_code == 2 and "prompt" in r.stdout

@@ -310,7 +310,14 @@ def lc(tmp_path_factory, smol_dir):
     from .test_live import barrier, wait_state
 
     tmp = tmp_path_factory.mktemp("steer")
-    settings = make_settings(tmp, smol_dir, allowed_roots=[tmp, smol_dir], live_prompt=PROMPT)
+    corpus = tmp / "corpus"  # TEXT_CORPUS: the tests never depend on ../shared beside the checkout
+    corpus.mkdir()
+    text = ("The European lobster is a species of clawed lobster from the eastern Atlantic Ocean, "
+            "the Mediterranean Sea and parts of the Black Sea. It is closely related to the American "
+            "lobster, and it may grow to a length of sixty centimetres and a mass of six kilograms.\n")
+    for split in ("valid", "test"):
+        (corpus / f"{split}.txt").write_text(text)
+    settings = make_settings(tmp, smol_dir, allowed_roots=[tmp, smol_dir], live_prompt=PROMPT, text_corpus=corpus)
     with TestClient(create_app(settings), base_url=BASE_URL) as c:
         c.tmp = tmp
         assert c.post("/api/live/load").status_code == 200

@@ -27,7 +27,6 @@ import numpy as np
 
 from ..errors import InvalidRequest, SurgeryError
 
-WIKITEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2"
 MAX_LENS_TOKENS = 64  # the table is layers x positions; beyond this it is unreadable and slow
 
 
@@ -160,8 +159,13 @@ def lens_table(hf_model, tokenizer, ids, lens: TunedLens | None = None, top: int
 
 def wikitext_chunks(tokenizer, split: str = "valid", seq_len: int = 64, limit: int | None = None,
                     folder: Path | None = None) -> list[list[int]]:
-    """Token id sequences of `seq_len` from wikitext-2 (`../shared/data/wikitext-2/{split}.txt`)."""
-    path = Path(folder or WIKITEXT) / f"{split}.txt"
+    """Token id sequences of `seq_len` from `{folder}/{split}.txt` (default: the TEXT_CORPUS setting,
+    wikitext-2 in ../shared/data)."""
+    if folder is None:
+        from ..settings import Settings
+
+        folder = Settings().text_corpus
+    path = Path(folder) / f"{split}.txt"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:

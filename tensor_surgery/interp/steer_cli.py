@@ -153,3 +153,79 @@ def steer_import(file: Path, model: Path, name: str | None, out: Path, as_json: 
     save_pack(vec, out, model_checksum=checksum, model_name=Path(store.path).parent.name)
     emit({"pack": str(out), "name": vec.name, "layers": vec.layers, "width": vec.width, "model_hint": hint},
          as_json, f"wrote {out}: {len(vec.layers)} directions of width {vec.width} (made for {hint!r})")
+
+
+@click.group("lens")
+def lens() -> None:
+    """Logit lens and tuned lens: what each decoder block's output already predicts."""
+
+
+@lens.command("show")
+@_model_arg
+@click.argument("prompt")
+@click.option("--pack", type=click.Path(path_type=Path), help="A lens pack (kind lens): the tuned lens instead of the logit lens.")
+@json_option
+@handles_errors
+def lens_show(model: Path, prompt: str, pack: Path | None, as_json: bool) -> None:
+    """The layers x positions table of PROMPT: each block's top token and its probability."""
+    from .lens import MAX_LENS_TOKENS, TunedLens, lens_table
+
+    if not prompt.strip():
+        raise InvalidRequest("the prompt is empty", field="prompt")
+    store, live = _load_model(model)
+    tuned = None
+    if pack is not None:
+        from .packs import load_pack
+
+        _, width, n_layers = _model_facts(live.hf_model)
+        tuned = TunedLens.from_pack(load_pack(pack), width, n_layers)
+    ids, _ = live.encode(prompt, MAX_LENS_TOKENS)
+    table = lens_table(live.hf_model, live.tokenizer, ids, tuned)
+    lines = [f"{table['kind']} lens of {Path(store.path).parent.name}: {len(table['tokens'])} tokens x "
+             f"{len(table['layers'])} blocks (top token, probability, at the last position)"]
+    for row in table["layers"]:
+        lines.append(f"  block {row['layer']:>3}: {row['token'][-1]!r:<16} p={row['prob'][-1]:.3f} "
+                     f"entropy={row['entropy'][-1]:.2f} KL(final||lens)={row['kl_to_final'][-1]:.3f}")
+    emit(table, as_json, "\n".join(lines))
+
+
+@lens.command("train")
+@_model_arg
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The new lens pack folder.")
+@click.option("--steps", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="Optimizer steps, one training sequence each.")
+@click.option("--seq-len", type=click.IntRange(2, 4096), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--eval-sequences", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Held-out sequences for the per-block KL and perplexity.")
+@click.option("--corpus", type=click.Path(path_type=Path), help="Folder with valid.txt (training) and test.txt "
+              "(held out); default: the TEXT_CORPUS setting (wikitext-2).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", help="Pack name (default: the output folder's name).")
+@json_option
+@handles_errors
+def lens_train(model: Path, out: Path, steps: int, seq_len: int, lr: float, eval_sequences: int,
+               corpus: Path | None, seed: int, name: str | None, as_json: bool) -> None:
+    """Train a tuned lens (one affine translator per block, starting at the identity, by KL to the
+    final distribution) and save it as a lens pack."""
+    from ..surgery.hexpatch import model_checksum
+    from .lens import save_lens, train_tuned_lens
+
+    _fresh_out(out)
+    store, live = _load_model(model)
+    with progress_bar(steps, "training tuned lens", unit="step") as bar:
+        def tick(done, total):
+            bar.n = done
+            bar.refresh()
+
+        tuned, metrics = train_tuned_lens(live.hf_model, live.tokenizer, steps=steps, seq_len=seq_len, lr=lr,
+                                          eval_chunks=eval_sequences, seed=seed, progress=tick,
+                                          data_folder=corpus)
+    with progress_bar(store.nbytes, "checksum of the weights") as bar:
+        checksum = model_checksum(store, lambda d, t: bar.update(d - bar.n))
+    save_lens(tuned, metrics, out, name=name or out.name, model_checksum=checksum,
+              model_name=Path(store.path).parent.name, model_type=_model_facts(live.hf_model)[0])
+    lk, tk = metrics["logit_kl"], metrics["tuned_kl"]
+    emit({"pack": str(out), "metrics": metrics, "model_checksum": checksum}, as_json,
+         f"wrote {out}: {len(tk)} translators after {steps} steps; mean held-out KL to the final "
+         f"distribution {sum(lk) / len(lk):.3f} (logit lens) -> {sum(tk) / len(tk):.3f} (tuned lens)")

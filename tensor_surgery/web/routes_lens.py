@@ -102,7 +102,7 @@ def train(body: TrainRequest, live: LiveDep, ws: WorkspaceDep, staging: StagingD
             raise SurgeryError("the live model changed before training started", field="live")
         lens, metrics = train_tuned_lens(model.hf_model, model.tokenizer, steps=body.steps, seq_len=body.seq_len,
                                          lr=body.lr, eval_chunks=body.eval_sequences, capture=capture,
-                                         progress=progress)
+                                         progress=progress, data_folder=ws.settings.text_corpus)
         out.parent.mkdir(parents=True, exist_ok=True)
         save_lens(lens, metrics, out, name=body.name, model_checksum=staging.model_checksum(current),
                   model_name=FsPath(current.path).parent.name,
