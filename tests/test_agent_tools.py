@@ -445,6 +445,29 @@ def test_token_tools_on_the_real_demo_model(smol_dir, tmp_path):
     ws.close()
 
 
+def test_token_tools_ignore_a_tokenizer_files_padding_and_truncation(demo_models_dir, tmp_path):
+    """MiniLM's tokenizer.json pads every encoding to 128 tokens: the token tools must see only the
+    text's own tokens (the oracle: the tokenizers library with padding and truncation switched off)."""
+    from tokenizers import Tokenizer
+
+    folder = demo_models_dir / "all-MiniLM-L6-v2"
+    oracle = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert oracle.padding is not None  # the premise: the file itself asks for padding
+    oracle.no_padding()
+    oracle.no_truncation()
+    ws = Workspace(Settings(_env_file=None, data_dir=tmp_path / "data"))
+    ctx = ToolContext(ws, ws.open(folder, guarded=False))
+    r = run_tool(ctx, "compare_tokens", {"texts": ["paris", "london"]})
+    assert r["pairs"] and all("[PAD]" not in p["a"] + p["b"] for p in r["pairs"])
+    from tensor_surgery.agent.tokens import load_vocab
+
+    vocab = load_vocab(ctx)
+    long = " ".join(["word"] * 300)
+    assert vocab.encode("paris") == oracle.encode("paris", add_special_tokens=False).ids
+    assert vocab.encode(long) == oracle.encode(long, add_special_tokens=False).ids  # 300 tokens, not 128
+    ws.close()
+
+
 # -- proposals --------------------------------------------------------------------------------------
 
 

@@ -108,6 +108,8 @@ def load_vocab(ctx: ToolContext) -> Vocab:
         tok = Tokenizer.from_str(path.read_text(encoding="utf-8"))
     except Exception as e:  # the library's own parse errors: a broken file, not a bug here
         raise NoTokenizer(f"{path} could not be read as a tokenizer: {str(e)[:200]}", file=str(path)) from None
+    tok.no_padding()  # a file may ask for fixed-length padding (MiniLM pads to 128) or truncation:
+    tok.no_truncation()  # the token tools want exactly the text's own tokens
     vocab = Vocab(tok, tok.get_vocab_size(with_added_tokens=True))
     with _VOCAB_LOCK:
         _VOCABS[key] = vocab
