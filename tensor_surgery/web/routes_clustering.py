@@ -65,13 +65,11 @@ def _token_rows(ws: Workspace, model: Model, tokens: list[str]) -> tuple[list[in
     from ..agent.registry import ToolContext
     from ..agent.tokens import load_vocab
 
-    vocab = load_vocab(ToolContext(ws, model))
-    padding = getattr(vocab.tokenizer, "padding", None)  # a tokenizer.json may pad every encoding
-    pad_id = padding.get("pad_id") if isinstance(padding, dict) else None
+    vocab = load_vocab(ToolContext(ws, model))  # padding off: only each text's own tokens
     ids, labels = [], []
     for text in tokens:
         for i in vocab.encode(text):
-            if i != pad_id and i not in ids:
+            if i not in ids:
                 ids.append(i)
                 labels.append(f"#{i} {vocab.text(i)!r}")
     return ids, labels
