@@ -167,3 +167,86 @@ def test_cli_lens_train_then_show_logit_and_tuned(smol, ids, oracle, smol_dir, t
     assert r.exit_code == 2 and "already exists" in r.stdout
     r = run("lens", "show", smol_dir, "   ", "--json")
     assert r.exit_code == 2 and "prompt" in r.stdout
+
+
+# -- the lens bank: every lens together, one batched translator matmul per block -----------------------
+
+
+def _random_lens(rng, layers, scale=0.02):
+    lens = ln.TunedLens.identity(N_LAYERS, HIDDEN)
+    lens.weights = {L: (rng.standard_normal((HIDDEN, HIDDEN)) * scale).astype(np.float32) for L in layers}
+    lens.biases = {L: (rng.standard_normal(HIDDEN) * 0.5).astype(np.float32) for L in layers}
+    return lens
+
+
+def _gamma(n: int) -> float:
+    """Higham's gamma_n for float32: the relative bound of an n-term float32 sum in any order."""
+    u = 2.0 ** -24
+    return n * u / (1 - n * u)
+
+
+def test_lens_bank_translates_every_lens_in_one_matmul_as_float64_does(smol, ids):
+    from tensor_surgery.interp.bank import LensBank
+
+    rng = np.random.default_rng(3)
+    lenses = [_random_lens(rng, range(N_LAYERS)), None, _random_lens(rng, [4, 9]), ln.TunedLens.identity(N_LAYERS, HIDDEN)]
+    bank = LensBank(lenses)
+    hidden, _ = ln.block_outputs(smol[0], ids)
+    for L in (4, 5):
+        h = hidden[L].float()
+        got = bank.translate(L, h).numpy()
+        assert got.shape == (4, ids.shape[1], HIDDEN)
+        h64 = h.double().numpy()
+        np.testing.assert_array_equal(got[1], h.numpy())  # the logit lens passes the block output through
+        np.testing.assert_array_equal(got[3], h.numpy())  # an identity translator adds exact zeros
+        for k in (0, 2):
+            lens = lenses[k]
+            if L not in lens.weights:
+                np.testing.assert_array_equal(got[k], h.numpy())
+                continue
+            A, b = lens.weights[L].astype(np.float64), lens.biases[L].astype(np.float64)
+            want = h64 + h64 @ A.T + b
+            # W products summed in float32 plus two additions: gamma_{W+2} times the sum of magnitudes
+            bound = _gamma(HIDDEN + 2) * (np.abs(h64) + np.abs(h64) @ np.abs(A).T + np.abs(b))
+            assert np.all(np.abs(got[k] - want) <= bound)
+
+
+def test_batched_lens_tables_equal_the_sequential_per_lens_loop(smol, ids, oracle, monkeypatch):
+    """Two tuned lenses, the logit lens and an identity tuned lens in one bank. The sequential
+    reference (one lens, one block at a time) rounds the same float32 products in another order:
+    the logits differ by at most delta = 2 gamma_W max_t sum_i |x_ti w_vi| (x the normed input of
+    the unembedding W), so log-probabilities by 2 delta, probabilities by e^{2 delta} - 1, the
+    entropy by that times (H + 1) and the KL to the final distribution by 2 delta."""
+    from tensor_surgery.interp import bank as bk
+
+    model, tok = smol
+    rng = np.random.default_rng(4)
+    lenses = [_random_lens(rng, range(N_LAYERS)), _random_lens(rng, range(0, N_LAYERS, 3)), None,
+              ln.TunedLens.identity(N_LAYERS, HIDDEN)]
+    monkeypatch.setattr(bk, "LENS_CHUNK_ELEMENTS", 2 * ids.shape[1] * model.config.vocab_size)  # 2 lenses a chunk
+    batched = ln.lens_tables(model, tok, ids, lenses)
+    sequential = ln.lens_tables(model, tok, ids, lenses, sequential=True)
+    assert [t["kind"] for t in batched] == ["tuned", "tuned", "logit", "tuned"]
+    hidden, _ = ln.block_outputs(model, ids)
+    W = ln.unembedding(model).weight.float().abs()
+    with torch.inference_mode():
+        worst = 0.0
+        for L, h in hidden.items():
+            for x in bk.LensBank(lenses).translate(L, h.float()).to(h.dtype):
+                worst = max(worst, float((ln.final_norm(model)(x).float().abs() @ W.T).max()))
+    delta = 2 * _gamma(HIDDEN) * worst
+    dp = np.expm1(2 * delta)
+    for got, want in zip(batched, sequential):
+        assert got["tokens"] == want["tokens"]
+        for a, b in zip(got["layers"], want["layers"]):
+            assert a["layer"] == b["layer"] and a["token_id"] == b["token_id"]
+            np.testing.assert_allclose(a["prob"], b["prob"], rtol=0, atol=dp + 1e-6)  # + the 6-place rounding
+            np.testing.assert_allclose(a["entropy"], b["entropy"], rtol=0,
+                                       atol=dp * (max(b["entropy"]) + 1) + 2 * delta + 1e-6)
+            np.testing.assert_allclose(a["kl_to_final"], b["kl_to_final"], rtol=0, atol=2 * delta + 1e-6)
+    # the logit lens and the identity tuned lens are the logit lens, exactly: the oracle's top tokens
+    assert batched[3]["layers"] == batched[2]["layers"] == ln.lens_table(model, tok, ids)["layers"]
+    assert [r["token_id"] for r in batched[2]["layers"]] == [p.argmax(-1).tolist() for p in oracle]
+    # the translators do move the tuned tables away from the logit lens
+    assert batched[0]["layers"][5]["prob"] != batched[2]["layers"][5]["prob"]
+    assert batched[1]["layers"][3] != batched[2]["layers"][3] and batched[1]["layers"][4] == batched[2]["layers"][4]

@@ -141,3 +141,126 @@ def torch_sigmoid(x):
     import torch
 
     return torch.sigmoid(x)
+
+
+# -- lenses ---------------------------------------------------------------------------------------------
+
+LENS_CHUNK_ELEMENTS = 1 << 25  # lens logits held at once ([rows, vocab] float32): 128 MiB per buffer
+
+
+class LensBank:
+    """Several lenses evaluated together, block by block, on `device`.
+
+    Each lens is a tuned lens (`interp.lens.TunedLens`, translators `h + h A_L^T + b_L`) or None,
+    the logit lens (no translator). For block L, the A's of every lens that has a translator there
+    are stacked into one [K_L, width, width] tensor (already transposed) and their biases into
+    [K_L, 1, width], so translating the block output for all K_L lenses is one batched matmul; the
+    [lenses, tokens, width] result is then cast to the model's dtype and pushed through the final
+    norm and the unembedding as one batch of lenses x positions rows. The per-row statistics (top
+    tokens, probability, entropy, KL to the final distribution) are reduced on the device and
+    copied back once, at the end. `stats_sequential` is the reference: one lens and one block at a
+    time, as `interp.lens.lens_logits` does it.
+    """
+
+    def __init__(self, lenses: list, device="cpu", names: list[str] | None = None):
+        import torch
+
+        self.device = torch.device(device)
+        self.lenses = list(lenses)
+        self.names = list(names) if names is not None else [
+            "logit" if ln is None else str(ln.config.get("name", f"lens {i}")) for i, ln in enumerate(self.lenses)]
+        widths = {w.shape[1] for ln in self.lenses if ln is not None for w in ln.weights.values()}
+        if len(widths) > 1:
+            raise InvalidRequest(f"the loaded lenses have different widths ({sorted(widths)}): they were made for "
+                                 "different models", field="lenses")
+        self.width = widths.pop() if widths else None
+        layers = sorted({L for ln in self.lenses if ln is not None for L in ln.weights})
+        self.translated: dict[int, object] = {}  # L -> index tensor of the lenses with a translator at L
+        self.weights_t: dict[int, object] = {}  # L -> [K_L, width, width] float32, A^T of each
+        self.biases: dict[int, object] = {}  # L -> [K_L, 1, width]
+        for L in layers:
+            idx = [i for i, ln in enumerate(self.lenses) if ln is not None and L in ln.weights]
+            A = np.stack([np.asarray(self.lenses[i].weights[L], np.float32).T for i in idx])
+            b = np.stack([np.asarray(self.lenses[i].biases[L], np.float32)[None, :] for i in idx])
+            self.translated[L] = torch.tensor(idx, device=self.device)
+            self.weights_t[L] = torch.from_numpy(np.ascontiguousarray(A)).to(self.device)
+            self.biases[L] = torch.from_numpy(b).to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.lenses)
+
+    def translate(self, L: int, h):
+        """Block L's output [tokens, width] -> [lenses, tokens, width] float32, every lens's
+        translator applied (one batched matmul); lenses without one at L pass h through."""
+        import torch
+
+        h32 = h.float()
+        out = h32.unsqueeze(0).expand(len(self.lenses), *h32.shape)
+        if L not in self.translated:
+            return out
+        moved = h32 + torch.matmul(h32, self.weights_t[L]) + self.biases[L]  # [K_L, tokens, width]
+        if moved.shape[0] == len(self.lenses):
+            return moved
+        out = out.clone()
+        out[self.translated[L]] = moved
+        return out
+
+    def stats(self, norm, head, hidden: dict, final_logits, top: int = 1) -> dict:
+        """For every lens and every block in `hidden` ({L: [tokens, width]} in the model's dtype):
+        {"layers", "token_id" [lenses, layers, tokens, top], "prob" (same), "entropy" and
+        "kl_to_final" [lenses, layers, tokens]} as float64/int64 numpy, copied back once."""
+        import torch
+
+        layers = sorted(hidden)
+        final_logp = torch.log_softmax(final_logits.float(), dim=-1)
+        final_p = final_logp.exp()
+        n, t = len(self.lenses), final_logits.shape[0]
+        rows_per_chunk = max(t, LENS_CHUNK_ELEMENTS // max(int(final_logits.shape[-1]), 1))
+        lenses_per_chunk = max(1, rows_per_chunk // t)
+        parts: dict[str, list] = {"token_id": [], "prob": [], "entropy": [], "kl_to_final": []}
+        with torch.inference_mode():
+            for L in layers:
+                h = hidden[L]
+                x = self.translate(L, h).to(h.dtype)  # [lenses, tokens, width]
+                per: dict[str, list] = {k: [] for k in parts}
+                for s in range(0, n, lenses_per_chunk):
+                    logits = head(norm(x[s:s + lenses_per_chunk])).float()  # [k, tokens, vocab]
+                    for k, v in _row_stats(logits, final_logp, final_p, top).items():
+                        per[k].append(v)
+                for k in parts:
+                    parts[k].append(torch.cat(per[k], dim=0))
+            out = {k: torch.stack(v, dim=1).cpu().numpy() for k, v in parts.items()}  # the one copy back
+        return {"layers": layers, **out}
+
+    def stats_sequential(self, norm, head, hidden: dict, final_logits, top: int = 1) -> dict:
+        """The reference: the same statistics, one lens and one block at a time (lens_logits' way)."""
+        import torch
+
+        from .lens import lens_logits_with
+
+        layers = sorted(hidden)
+        final_logp = torch.log_softmax(final_logits.float(), dim=-1)
+        final_p = final_logp.exp()
+        per_lens = []
+        with torch.inference_mode():
+            for ln in self.lenses:
+                rows = []
+                for L in layers:
+                    logits = lens_logits_with(norm, head, hidden[L], L, ln)
+                    rows.append(_row_stats(logits[None], final_logp, final_p, top))
+                per_lens.append({k: torch.cat([r[k] for r in rows], dim=0) for k in rows[0]})
+        out = {k: torch.stack([p[k] for p in per_lens]).cpu().numpy() for k in per_lens[0]}
+        return {"layers": layers, **out}
+
+
+def _row_stats(logits, final_logp, final_p, top: int) -> dict:
+    """[k, tokens, vocab] float32 logits -> top ids/probabilities [k, tokens, top], entropy (nats)
+    and KL(final || lens) [k, tokens], all on the device."""
+    import torch
+
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    prob, tok = p.topk(top, dim=-1)
+    entropy = -(p * logp).nan_to_num().sum(-1)
+    kl = (final_p * (final_logp - logp)).nan_to_num().sum(-1)
+    return {"token_id": tok, "prob": prob, "entropy": entropy, "kl_to_final": kl}

@@ -114,6 +114,11 @@ def block_outputs(hf_model, ids):
 
 def lens_logits(hf_model, hidden, layer: int, lens: TunedLens | None = None):
     """Block `layer`'s output [tokens, width] -> lens logits [tokens, vocab] (float32)."""
+    return lens_logits_with(final_norm(hf_model), unembedding(hf_model), hidden, layer, lens)
+
+
+def lens_logits_with(norm, head, hidden, layer: int, lens: TunedLens | None = None):
+    """One lens at one block, through the given final norm and unembedding modules."""
     import torch
 
     with torch.inference_mode():
@@ -123,35 +128,49 @@ def lens_logits(hf_model, hidden, layer: int, lens: TunedLens | None = None):
             b = torch.from_numpy(lens.biases[layer]).to(h.device)
             hf = h.float()
             h = (hf + hf @ A.T + b).to(h.dtype)
-        return unembedding(hf_model)(final_norm(hf_model)(h)).float()
+        return head(norm(h)).float()
 
 
 def lens_table(hf_model, tokenizer, ids, lens: TunedLens | None = None, top: int = 1) -> dict:
     """The layers x positions table for one prompt: top token, its probability, the entropy (nats)
     and the KL to the model's final distribution, for each block's output."""
-    import torch
+    return lens_tables(hf_model, tokenizer, ids, [lens], top=top)[0]
+
+
+def lens_tables(hf_model, tokenizer, ids, lenses: list, top: int = 1, *, sequential: bool = False) -> list[dict]:
+    """`lens_table` for several lenses (TunedLens, or None for the logit lens) from one forward
+    pass, evaluated together by a `bank.LensBank` (one batched translator matmul per block, then
+    norm + unembedding over lenses x positions); `sequential=True` runs the per-lens reference loop."""
+    from .bank import LensBank
 
     if ids.shape[1] > MAX_LENS_TOKENS:
         ids = ids[:, -MAX_LENS_TOKENS:]
     hidden, final = block_outputs(hf_model, ids)
-    final_logp = torch.log_softmax(final.float(), dim=-1)
-    rows = []
-    for L in sorted(hidden):
-        logits = lens_logits(hf_model, hidden[L], L, lens)
-        logp = torch.log_softmax(logits, dim=-1)
-        p = logp.exp()
-        prob, tok = p.topk(top, dim=-1)
-        entropy = -(p * logp).nan_to_num().sum(-1)
-        kl = (final_logp.exp() * (final_logp - logp)).nan_to_num().sum(-1)
-        rows.append({
-            "layer": L,
-            "token_id": tok[:, 0].tolist(), "token": [tokenizer.decode([i]) for i in tok[:, 0].tolist()],
-            "prob": [round(float(x), 6) for x in prob[:, 0]],
-            "entropy": [round(float(x), 6) for x in entropy],
-            "kl_to_final": [round(max(float(x), 0.0), 6) for x in kl],
-        })
-    return {"kind": "tuned" if lens is not None else "logit",
-            "tokens": [tokenizer.decode([i]) for i in ids[0].tolist()], "layers": rows}
+    bank = LensBank(lenses, device=final.device)
+    run = bank.stats_sequential if sequential else bank.stats
+    st = run(final_norm(hf_model), unembedding(hf_model), hidden, final, top=top)
+    tokens = [tokenizer.decode([i]) for i in ids[0].tolist()]
+    decoded: dict[int, str] = {}
+
+    def decode(i: int) -> str:
+        if i not in decoded:
+            decoded[i] = tokenizer.decode([i])
+        return decoded[i]
+
+    tables = []
+    for k, ln in enumerate(lenses):
+        rows = []
+        for j, L in enumerate(st["layers"]):
+            tok = [int(i) for i in st["token_id"][k, j, :, 0]]
+            rows.append({
+                "layer": L,
+                "token_id": tok, "token": [decode(i) for i in tok],
+                "prob": [round(float(x), 6) for x in st["prob"][k, j, :, 0]],
+                "entropy": [round(float(x), 6) for x in st["entropy"][k, j]],
+                "kl_to_final": [round(max(float(x), 0.0), 6) for x in st["kl_to_final"][k, j]],
+            })
+        tables.append({"kind": "tuned" if ln is not None else "logit", "tokens": tokens, "layers": rows})
+    return tables
 
 
 # -- training -----------------------------------------------------------------------------------------
