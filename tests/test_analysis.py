@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,6 @@ from safetensors.numpy import save_file
 from tensor_surgery.analysis import run as run_mod
 from tensor_surgery.analysis import table as tb
 from tensor_surgery.analysis.writers import SCHEMA
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 EPS = float(np.finfo(np.float64).eps)
 # one layer, the final norm (a non-layer parameter) of SmolLM2; MiniLM's small embeddings

@@ -377,10 +377,14 @@ def test_web_bad_input_and_nothing_staged_is_lost(web, models, tmp_path):
 
 
 def test_holes_of_a_sparse_source_read_back_as_the_zeros_they_held(tmp_path, run_cli):
-    import sys
+    import importlib.util
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from sparse_models import write_sparse_file
+    # loaded from its file: bench/ on sys.path would let bench/gguf.py shadow the gguf package
+    path = Path(__file__).resolve().parents[1] / "bench" / "sparse_models.py"
+    spec = importlib.util.spec_from_file_location("bench_sparse_models", path)
+    sparse_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sparse_models)
+    write_sparse_file = sparse_models.write_sparse_file
 
     folder = tmp_path / "models" / "sparse"
     specs = [(n, "BF16", a.shape) for n, a in tiny_llama_tensors(hidden=64, inter=4096).items()]
