@@ -6,10 +6,18 @@ huggingface_hub makes (read from its source, version 2.x): `GET /api/models/{id}
 {file}` (X-Repo-Commit, ETag / X-Linked-Etag, X-Linked-Size, Content-Length) and the `GET` of the
 same URL. The CLI runs in a subprocess with HF_ENDPOINT pointing there and HF_HUB_OFFLINE=0,
 exactly as a user would run it.
+
+For uploads (tests/test_packs.py pushes a pack) it also answers what `HfApi.create_repo` and
+`upload_folder` / `create_commit` send for small files: `POST /api/repos/create` ({name,
+organization} -> {url}; 409 when it exists), `POST /api/models/{id}/preupload/{rev}` (every file
+"regular", i.e. sent inline, not through LFS) and `POST /api/models/{id}/commit/{rev}` (NDJSON: a
+header line, then one `file` line per file with base64 content), which stores the files so that
+the same hub then serves them as a new commit; `refuse_writes` answers writes with that status.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -46,6 +54,10 @@ class FakeHub:
         self.files = _files()
         self.serve_wrong_bytes: set[str] = set()
         self.gets: list[str] = []
+        self.pushed: dict[str, dict[str, tuple[bytes, bool]]] = {}  # repos created through the API
+        self.heads: dict[str, str] = {}  # their commit ids
+        self.posts: list[str] = []  # paths of the write requests received
+        self.refuse_writes: int | None = None  # e.g. 401 or 403: every write is answered so
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,47 +70,110 @@ class FakeHub:
             def do_HEAD(self):
                 hub.handle(self, head=True)
 
+            def do_POST(self):
+                hub.handle_post(self)
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def info(self) -> dict:
+    def repo(self, repo_id: str) -> tuple[dict[str, tuple[bytes, bool]], str] | None:
+        """(files, commit id) of a repo this hub serves, or None."""
+        if repo_id == REPO_ID:
+            return self.files, COMMIT
+        if repo_id in self.pushed:
+            return self.pushed[repo_id], self.heads[repo_id]
+        return None
+
+    def info(self, repo_id: str = REPO_ID) -> dict:
+        files, commit = self.repo(repo_id)
         siblings = []
-        for name, (data, lfs) in self.files.items():
+        for name, (data, lfs) in files.items():
             s = {"rfilename": name, "size": len(data), "blobId": _git_blob_id(data)}
             if lfs:
                 s["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 134}
             siblings.append(s)
-        return {"id": REPO_ID, "modelId": REPO_ID, "sha": COMMIT, "private": False, "siblings": siblings}
+        return {"id": repo_id, "modelId": repo_id, "sha": commit, "private": False, "siblings": siblings}
+
+    @staticmethod
+    def _repo_id(rest: str) -> tuple[str, str]:
+        """'owner/name/more...' -> ('owner/name', 'more...')."""
+        parts = rest.split("/", 2)
+        return "/".join(parts[:2]), (parts[2] if len(parts) > 2 else "")
 
     def handle(self, req: BaseHTTPRequestHandler, head: bool) -> None:
         path = req.path.split("?", 1)[0]
-        api = f"/api/models/{REPO_ID}/revision/"
-        resolve = f"/{REPO_ID}/resolve/"
-        if path.startswith(api) or path == f"/api/models/{REPO_ID}":
-            rev = path[len(api):] if path.startswith(api) else "main"
-            if rev not in ("main", COMMIT):
+        if path.startswith("/api/models/"):
+            repo_id, rest = self._repo_id(path[len("/api/models/"):])
+            served = self.repo(repo_id)
+            if served is None or not (rest == "" or rest.startswith("revision/")):
+                return self._error(req, 404, "RepoNotFound", "Repository not found")
+            rev = rest[len("revision/"):] if rest else "main"
+            if rev not in ("main", served[1]):
                 return self._error(req, 404, "RevisionNotFound", f"Invalid rev id: {rev}")
-            return self._send(req, 200, json.dumps(self.info()).encode(), {"Content-Type": "application/json"}, head)
-        if path.startswith(f"/api/models/"):
-            return self._error(req, 404, "RepoNotFound", "Repository not found")
-        if path.startswith(resolve):
-            rev, _, name = path[len(resolve):].partition("/")
-            if rev not in ("main", COMMIT) or name not in self.files:
+            return self._send(req, 200, json.dumps(self.info(repo_id)).encode(), {"Content-Type": "application/json"},
+                              head)
+        repo_id, rest = self._repo_id(path.lstrip("/"))
+        served = self.repo(repo_id)
+        if served is not None and rest.startswith("resolve/"):
+            files, commit = served
+            rev, _, name = rest[len("resolve/"):].partition("/")
+            if rev not in ("main", commit) or name not in files:
                 return self._error(req, 404, "EntryNotFound", "Entry not found")
-            data, lfs = self.files[name]
+            data, lfs = files[name]
             if not head:
                 self.gets.append(name)
             body = data
             if name in self.serve_wrong_bytes:
                 body = bytes([data[0] ^ 0xFF]) + data[1:]
-            headers = {"X-Repo-Commit": COMMIT, "Content-Type": "application/octet-stream"}
+            headers = {"X-Repo-Commit": commit, "Content-Type": "application/octet-stream"}
             if lfs:
                 sha = hashlib.sha256(data).hexdigest()
                 headers |= {"ETag": f'"{sha}"', "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data))}
             else:
                 headers["ETag"] = f'"{_git_blob_id(data)}"'
             return self._send(req, 200, body, headers, head)
+        return self._error(req, 404, "EntryNotFound", "not found")
+
+    def handle_post(self, req: BaseHTTPRequestHandler) -> None:
+        path = req.path.split("?", 1)[0]
+        body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
+        self.posts.append(path)
+        if self.refuse_writes is not None:
+            return self._error(req, self.refuse_writes, "Unauthorized" if self.refuse_writes == 401 else "Forbidden",
+                               "You don't have the rights to write to this namespace")
+        json_headers = {"Content-Type": "application/json"}
+        if path == "/api/repos/create":
+            payload = json.loads(body)
+            repo_id = f"{payload['organization']}/{payload['name']}"
+            if self.repo(repo_id) is not None:
+                return self._error(req, 409, "RepoExists", "You already created this model repo")
+            self.pushed[repo_id] = {}
+            self.heads[repo_id] = hashlib.sha1(repo_id.encode()).hexdigest()
+            return self._send(req, 200, json.dumps({"url": f"{self.url}/{repo_id}"}).encode(), json_headers, False)
+        if path.startswith("/api/models/"):
+            repo_id, rest = self._repo_id(path[len("/api/models/"):])
+            if repo_id not in self.pushed:
+                return self._error(req, 404, "RepoNotFound", "Repository not found")
+            if rest.startswith("preupload/"):
+                files = json.loads(body)["files"]
+                answer = {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                    for f in files]}
+                return self._send(req, 200, json.dumps(answer).encode(), json_headers, False)
+            if rest.startswith("commit/"):
+                lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+                if not lines or lines[0]["key"] != "header":
+                    return self._error(req, 400, "BadRequest", "the commit starts with a header line")
+                files = dict(self.pushed[repo_id])
+                for line in lines[1:]:
+                    if line["key"] != "file" or line["value"].get("encoding") != "base64":
+                        return self._error(req, 400, "BadRequest", f"this hub takes inline files only: {line['key']}")
+                    files[line["value"]["path"]] = (base64.b64decode(line["value"]["content"]), False)
+                self.pushed[repo_id] = files
+                oid = hashlib.sha1(self.heads[repo_id].encode() + body).hexdigest()
+                self.heads[repo_id] = oid
+                answer = {"commitUrl": f"{self.url}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True}
+                return self._send(req, 200, json.dumps(answer).encode(), json_headers, False)
         return self._error(req, 404, "EntryNotFound", "not found")
 
     @staticmethod

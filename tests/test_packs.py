@@ -370,6 +370,77 @@ def test_install_and_status_from_a_hugging_face_repo_through_huggingface_hub(tmp
         hub.server.shutdown()
 
 
+def test_push_to_a_hugging_face_repo_then_install_it_elsewhere_byte_for_byte(tmp_path, remote):
+    """`pack push NAME hf:owner/name` through the real huggingface_hub client (create_repo, then
+    upload_folder's preupload + NDJSON commit) into tests/test_download.py's local hub; a fresh
+    registry then installs it from the same hub and gets the very bytes. A hub that refuses the
+    write (401, 403) is a clear error, exit 1, and nothing local changes."""
+    import os
+    import subprocess
+    import sys
+
+    from tensor_surgery.interp.registry import file_checksums
+
+    from .test_download import FakeHub
+
+    hub = FakeHub()
+    try:
+        base = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home"),
+                "HF_TOKEN": "hf_local_test_token", "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1",
+                "no_proxy": "127.0.0.1"}
+
+        def run(data: Path, *args):
+            p = subprocess.run([sys.executable, "-c", "from tensor_surgery.cli import main; main()", "pack", *args,
+                                "--json"], capture_output=True, text=True, env={**base, "DATA_DIR": str(data)},
+                               timeout=180)
+            return p.returncode, json.loads(p.stdout) if p.stdout.strip() else None, p.stderr
+
+        data = tmp_path / "data"
+        assert cli(data, "install", str(remote), "--version", "1.1.0")[0] == 0
+        installed = data / "packs" / "concept"
+        rc, out, err = run(data, "push", "concept", "hf:acme/concept-packs")
+        assert rc == 0, (out, err)
+        assert out["version"] == "1.1.0" and out["dest"] == {"type": "hf", "location": "acme/concept-packs"}
+        assert "/api/repos/create" in hub.posts and "/api/models/acme/concept-packs/commit/main" in hub.posts
+        # the hub holds the version's files under 1.1.0/, byte for byte
+        stored = hub.pushed["acme/concept-packs"]
+        assert sorted(stored) == ["1.1.0/pack.json", "1.1.0/tensors.safetensors"]
+        for rel in ("pack.json", "tensors.safetensors"):
+            assert stored[f"1.1.0/{rel}"][0] == (installed / rel).read_bytes()
+
+        # a fresh registry installs it from the hub: the same bytes, and the safetensors library agrees
+        fresh = tmp_path / "fresh"
+        rc, out, err = run(fresh, "install", "hf:acme/concept-packs")
+        assert rc == 0, (out, err)
+        assert out["version"] == "1.1.0" and out["source"] == {"type": "hf", "location": "acme/concept-packs"}
+        got = fresh / "packs" / "concept"
+        assert sorted(p.name for p in got.iterdir()) == ["pack.json", "tensors.safetensors"]
+        for rel in ("pack.json", "tensors.safetensors"):
+            assert (got / rel).read_bytes() == (remote / "1.1.0" / rel).read_bytes()
+        for key, arr in load_file(remote / "1.1.0" / "tensors.safetensors").items():
+            np.testing.assert_array_equal(load_file(got / "tensors.safetensors")[key], arr)
+        assert cli(fresh, "verify", "concept")[0] == 0
+        # the same version again is a conflict (bump the version), and the hub is not written
+        posts = len(hub.posts)
+        rc, out, _ = run(data, "push", "concept", "hf:acme/concept-packs")
+        assert rc == 1 and out["error"]["code"] == "conflict" and "already has version 1.1.0" in out["error"]["message"]
+        assert len(hub.posts) == posts
+
+        # a hub that refuses the write: exit 1 naming the repo and the refusal; nothing local changed
+        before = ((data / "packs" / "registry.json").read_bytes(), file_checksums(installed))
+        for status in (401, 403):
+            hub.refuse_writes = status
+            rc, out, _ = run(data, "push", "concept", "hf:acme/elsewhere")
+            assert rc == 1, out
+            err = out["error"]
+            assert err["code"] == "pack_source_error" and "hf:acme/elsewhere" in err["message"]
+            assert str(status) in err["message"]
+            assert ((data / "packs" / "registry.json").read_bytes(), file_checksums(installed)) == before
+        assert "acme/elsewhere" not in hub.pushed
+    finally:
+        hub.server.shutdown()
+
+
 # -- the API -----------------------------------------------------------------------------------------------
 
 
