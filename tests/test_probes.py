@@ -269,3 +269,73 @@ def test_probe_train_cli_refuses_one_class_data_before_loading_the_model(tmp_pat
                                   "--out", str(tmp_path / "o"), "--json"])
     assert r.exit_code == 2 and "outside the model" in json.loads(r.stdout)["error"]["message"]
     assert not (tmp_path / "o").exists()
+
+
+# -- the lens bank beside the probes: numpy float64 on exactly representable translators ---------------
+
+
+def test_lens_bank_stats_equal_numpy_float64_for_several_lenses_at_once():
+    """Several lenses (two tuned, one with translators at some blocks only, the logit lens) in one
+    LensBank, on a float64 norm + unembedding. The translator inputs are small dyadic numbers, so
+    the bank's float32 translator arithmetic is exact; what remains is the bank's float32 logits
+    and softmax: each logit rounded (u |z|), the max subtracted, the V-term sum (gamma_V) and its
+    log, so log-probabilities within u (2 max|z| + V + 8), probabilities within e^that - 1
+    relative, the entropy within that x (H + 1) and the KL within that plus the final's rounding."""
+    import torch
+
+    from tensor_surgery.interp.bank import LensBank
+    from tensor_surgery.interp.lens import TunedLens
+
+    rng = np.random.default_rng(7)
+    width, vocab, tokens, layers = 16, 40, 5, 4
+    lenses = []
+    for blocks in (range(layers), (1, 3)):
+        lens = TunedLens.identity(layers, width)
+        lens.weights = {L: rng.integers(-4, 5, (width, width)).astype(np.float32) / 64 for L in blocks}
+        lens.biases = {L: rng.integers(-8, 9, width).astype(np.float32) / 8 for L in blocks}
+        lenses.append(lens)
+    lenses.append(None)
+    hidden = {L: torch.from_numpy(rng.integers(-16, 17, (tokens, width)).astype(np.float64) / 4) for L in range(layers)}
+    norm = torch.nn.LayerNorm(width, dtype=torch.float64)
+    head = torch.nn.Linear(width, vocab, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, width)))
+        norm.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, width)))
+        head.weight.copy_(torch.from_numpy(rng.normal(0, 1, (vocab, width))))
+    final = torch.from_numpy(rng.normal(0, 2, (tokens, vocab)))
+    bank = LensBank(lenses)
+    got = bank.stats(norm, head, hidden, final, top=2)
+    assert got["token_id"].shape == (3, layers, tokens, 2) and got["entropy"].shape == (3, layers, tokens)
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    fl = log_softmax(final.numpy())
+    w, g, beta = head.weight.detach().numpy(), norm.weight.detach().numpy(), norm.bias.detach().numpy()
+    for k, lens in enumerate(lenses):
+        for L in range(layers):
+            h = hidden[L].numpy()
+            if lens is not None and L in lens.weights:
+                h = h + h @ lens.weights[L].astype(np.float64).T + lens.biases[L]
+            x = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + norm.eps) * g + beta
+            z = x @ w.T
+            lp = log_softmax(z)
+            p = np.exp(lp)
+            e_lp = F32_EPS * (2 * np.abs(z).max() + vocab + 8)
+            e_final = F32_EPS * (2 * np.abs(final.numpy()).max() + vocab + 8)
+            order = np.argsort(-p, axis=-1)[:, :2]
+            np.testing.assert_array_equal(got["token_id"][k, L], order)
+            np.testing.assert_allclose(got["prob"][k, L], np.take_along_axis(p, order, -1), rtol=np.expm1(e_lp),
+                                       atol=0)
+            H = -(p * lp).sum(-1)
+            np.testing.assert_allclose(got["entropy"][k, L], H, rtol=0, atol=np.expm1(e_lp) * (H.max() + 1) + e_lp)
+            kl = (np.exp(fl) * (fl - lp)).sum(-1)
+            np.testing.assert_allclose(got["kl_to_final"][k, L], kl, rtol=0,
+                                       atol=np.expm1(e_final) * (np.abs(fl).max() + 1) + e_lp + e_final)
+    seq = bank.stats_sequential(norm, head, hidden, final, top=2)
+    np.testing.assert_array_equal(seq["token_id"], got["token_id"])
+    np.testing.assert_allclose(seq["prob"], got["prob"], rtol=1e-12, atol=0)
+    # the lenses are not all alike: the translators changed what blocks 1 and 3 decode to
+    assert not np.array_equal(got["prob"][0], got["prob"][2]) and np.array_equal(got["prob"][1, 0], got["prob"][2, 0])
+    assert not np.array_equal(got["prob"][1, 1], got["prob"][2, 1])
