@@ -44,7 +44,9 @@ def _current(live):
 def table(live: LiveDep, kind: Literal["logit", "tuned"] = "logit",
           prompt: str | None = Query(None, max_length=100_000, description="default: the live prompt")) -> dict:
     """Through the final norm and the unembedding (logit lens), or a trained translator first
-    (tuned lens). Steering vectors that are on act on the blocks as they do in the live view."""
+    (tuned lens). Steering vectors that are on act on the blocks as they do in the live view.
+    Evaluated by the lens bank: the translators of a block in one batched matmul, the norm and the
+    unembedding over all positions at once, the statistics copied back from the device once."""
     from ..interp.lens import lens_table
 
     model = _running(live)
