@@ -5,6 +5,7 @@
 // Reset when the model changes.
 
 import { api } from "./api.js";
+import { followJob } from "./jobs.js";
 import { PLOT_CONFIG, plotLayout, purge, react } from "./plot.js";
 import { clearError, el, emit, fmtNum, on, select, setChildren, showError, state } from "./state.js";
 
@@ -21,7 +22,7 @@ const METRICS = [["rank", "rank"], ["stable_rank", "stable rank"], ["std", "std"
 
 const ui = {};
 let gen = 0; // bumps on reset: answers for an older model or request are dropped
-let source = null; // the job's event stream
+let source = null; // the job being followed ({close})
 let table = null; // {rows, skipped, options}
 let ran = null; // the options of the table shown (the boxes may have changed since)
 let sortKey = "layer_index";
@@ -116,29 +117,21 @@ async function run() {
 }
 
 function follow(id, mine) {
-  source = new EventSource(`/api/jobs/${id}/events`);
-  const finish = (ev) => {
-    if (source) { source.close(); source = null; }
+  source = followJob(id, (ev) => {
     if (mine !== gen) return;
+    if (ev.type === "progress") {
+      ui.progress.value = ev.fraction || 0;
+      ui.status.textContent = `analysing… ${Math.round(100 * (ev.fraction || 0))}%`;
+      return;
+    }
+    source = null;
     ui.run.disabled = false;
     ui.progress.hidden = true;
-    if (ev.state === "done") load(mine);
+    if (ev.type === "done") load(mine);
     else {
       ui.status.textContent = "";
       showError(new Error((ev.error && ev.error.message) || "the analysis failed"), ui.error);
     }
-  };
-  source.addEventListener("progress", (m) => {
-    if (mine !== gen) return;
-    const ev = JSON.parse(m.data);
-    ui.progress.value = ev.fraction || 0;
-    ui.status.textContent = `analysing… ${Math.round(100 * (ev.fraction || 0))}%`;
-  });
-  source.addEventListener("done", (m) => finish(JSON.parse(m.data)));
-  source.addEventListener("error", (m) => {
-    if (m.data) { finish(JSON.parse(m.data)); return; }
-    if (source) { source.close(); source = null; } // the stream broke: ask once for the final state
-    api(`/api/jobs/${id}`).then((j) => { if (j.state !== "running") finish(j); }).catch((e) => showError(e, ui.error));
   });
 }
 

@@ -5,6 +5,7 @@
 // or a tile while the canvas shows the diff colours.
 
 import { api, tensorPath } from "./api.js";
+import { followJob } from "./jobs.js";
 import { PLOT_CONFIG, plotLayout, purge, react } from "./plot.js";
 import { clearError, cssVar, el, emit, fmtList, fmtNum, on, setChildren, showError, state } from "./state.js";
 
@@ -25,7 +26,7 @@ let diff = null; // GET /api/diff once done
 let sortKey = "relative_change";
 let sortDesc = true;
 let gen = 0; // bumps on reset: answers for an older diff or model are dropped
-let source = null; // the job's event stream
+let source = null; // the job being followed ({close})
 let delta = null; // {name, shape, row, col, idx, r0, c0}
 let painted = false; // the canvas shows our colours
 
@@ -116,30 +117,21 @@ async function run() {
 }
 
 function follow(id, mine) {
-  source = new EventSource(`/api/jobs/${id}/events`);
-  const finish = (ev) => {
-    if (source) { source.close(); source = null; }
+  source = followJob(id, (ev) => {
     if (mine !== gen) return;
+    if (ev.type === "progress") {
+      ui.progress.value = ev.fraction || 0;
+      ui.status.textContent = `comparing… ${Math.round(100 * (ev.fraction || 0))}%`;
+      return;
+    }
+    source = null;
     ui.run.disabled = false;
     ui.progress.hidden = true;
-    if (ev.state === "done") load(mine);
+    if (ev.type === "done") load(mine);
     else {
       ui.status.textContent = "";
       showError(new Error((ev.error && ev.error.message) || "the diff failed"), ui.error);
     }
-  };
-  source.addEventListener("progress", (m) => {
-    if (mine !== gen) return;
-    const ev = JSON.parse(m.data);
-    ui.progress.value = ev.fraction || 0;
-    ui.status.textContent = `comparing… ${Math.round(100 * (ev.fraction || 0))}%`;
-  });
-  source.addEventListener("done", (m) => finish(JSON.parse(m.data)));
-  source.addEventListener("error", (m) => {
-    if (m.data) { finish(JSON.parse(m.data)); return; }
-    // the stream broke: ask once for the job's final state
-    if (source) { source.close(); source = null; }
-    api(`/api/jobs/${id}`).then((j) => { if (j.state !== "running") finish(j); }).catch((e) => showError(e, ui.error));
   });
 }
 

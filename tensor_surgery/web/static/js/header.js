@@ -3,6 +3,7 @@
 // the patch library from the "edits" and "library" events.
 
 import { api } from "./api.js";
+import { followJob } from "./jobs.js";
 import { openModel } from "./model.js";
 import { clearError, el, emit, fmtBytes, fmtNum, on, savePrefs, setChildren, showError, state } from "./state.js";
 
@@ -202,22 +203,5 @@ async function startExport(e) {
       showError(x, err);
     }
   }
-}
-
-export function followJob(id, onEvent) {
-  const source = new EventSource(`/api/jobs/${id}/events`);
-  for (const type of ["progress", "done", "error"]) {
-    source.addEventListener(type, (m) => {
-      const ev = JSON.parse(m.data);
-      onEvent(ev);
-      if (type !== "progress") source.close();
-    });
-  }
-  source.onerror = () => {
-    // the stream ended or broke: ask once for the final state
-    source.close();
-    api(`/api/jobs/${id}`).then((j) => j.state !== "running" && onEvent({ type: j.state, ...j })).catch(() => {});
-  };
-  return source;
 }
 

@@ -1,6 +1,6 @@
 // Shared page state and a tiny event bus: panels talk through events, not through each other.
 //
-// The contract: a panel imports only non-panel modules (state.js, api.js, plot.js, slicing.js,
+// The contract: a panel imports only non-panel modules (state.js, api.js, jobs.js, plot.js, slicing.js,
 // bands.js, model.js, schema.js); it learns about the rest of the page from the events below and asks for
 // things by emitting them. `state` holds what every panel may read (the open model, its tensors,
 // the selection, staged counts, page preferences); it is written only through the functions here

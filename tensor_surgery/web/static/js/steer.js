@@ -8,6 +8,7 @@
 // model changes: the server drops vectors and lenses with the model they were made for.
 
 import { api } from "./api.js";
+import { followJob } from "./jobs.js";
 import { PLOT_CONFIG, plotLayout, purge, react } from "./plot.js";
 import { clearError, el, fmtToken, on, setChildren, showError } from "./state.js";
 
@@ -336,21 +337,16 @@ async function trainLens() {
       name: `tuned-${Date.now().toString(36)}`, steps: Number(document.getElementById("lens-steps").value) } });
     bar.hidden = false;
     bar.value = 0;
-    const events = new EventSource(`/api/jobs/${job.id}/events`); // named events: progress, done, error
-    events.addEventListener("progress", (m) => {
-      const ev = JSON.parse(m.data);
-      if (ev.total) bar.value = ev.done / ev.total;
-    });
-    events.addEventListener("done", () => {
-      events.close();
+    followJob(job.id, (ev) => {
+      if (ev.type === "progress") {
+        if (ev.total) bar.value = ev.done / ev.total;
+        return;
+      }
       bar.hidden = true;
-      document.getElementById("lens-kind").value = "tuned";
-      api("/api/lens/tuned").then((r) => r.tuned && drawCurves(r.tuned.metrics)).catch(fail);
-    });
-    events.addEventListener("error", (m) => {
-      events.close();
-      bar.hidden = true;
-      if (m.data) fail(new Error(JSON.parse(m.data).error?.message || "training failed"));
+      if (ev.type === "done") {
+        document.getElementById("lens-kind").value = "tuned";
+        api("/api/lens/tuned").then((r) => r.tuned && drawCurves(r.tuned.metrics)).catch(fail);
+      } else fail(new Error(ev.error?.message || "training failed"));
     });
   } catch (e) { fail(e); }
 }

@@ -4,6 +4,7 @@
 // write a new model as a job, and see the finished output. The sidebar widens while it is shown.
 
 import { api } from "./api.js";
+import { followJob } from "./jobs.js";
 import { openModel } from "./model.js";
 import { clearError, el, emit, fmtBytes, fmtList, on, setChildren, showError, state } from "./state.js";
 
@@ -269,7 +270,7 @@ async function write() {
     ui.progress.hidden = false;
     ui.progress.value = 0;
     setChildren(ui.result, el("div", { class: "muted" }, `writing ${out}…`));
-    follow(job.id, (ev) => {
+    followJob(job.id, (ev) => {
       if (ev.type === "progress") ui.progress.value = ev.fraction || 0;
       if (ev.type === "done") { ui.progress.value = 1; showOutput(ev.result); ui.write.disabled = false; }
       if (ev.type === "error") { showError(new Error(ev.error.message), ui.error); ui.write.disabled = false; }
@@ -289,18 +290,4 @@ function showOutput(r) {
     !r.will_load ? el("div", { class: "warn-msg" }, "predicted not to load: see the plan's warning") : null,
     el("div", { class: "row" }, el("button", { id: "tp-open-output", onclick: () => openModel(r.path).catch((e) => showError(e, ui.error)) },
       "Open it"))));
-}
-
-function follow(id, onEvent) {
-  const source = new EventSource(`/api/jobs/${id}/events`);
-  for (const type of ["progress", "done", "error"]) {
-    source.addEventListener(type, (m) => {
-      onEvent(JSON.parse(m.data));
-      if (type !== "progress") source.close();
-    });
-  }
-  source.onerror = () => {
-    source.close();
-    api(`/api/jobs/${id}`).then((j) => j.state !== "running" && onEvent({ type: j.state, ...j })).catch(() => {});
-  };
 }
