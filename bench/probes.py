@@ -2,7 +2,8 @@
 every token of a 64-token prompt, batched against a sequential loop, and the monitor's cost on the
 live forward pass.
 
-    python bench/probes.py [--model DIR] [--device cpu|cuda] [--probes 100] [--repeat 30] [--steer-rounds 10 | --no-steer]
+    python bench/probes.py [--model DIR] [--device cpu|cuda] [--probes 100] [--repeat 30] [--lenses 10]
+                           [--lens-repeat 1] [--steer-rounds 10 | --no-steer]
 
 - batched vs sequential: the same block outputs (captured once from a real forward pass), scored by
   `ProbeBank.scores` (one addmm per block, 30 in all) and by `ProbeBank.scores_sequential` (one
@@ -12,11 +13,20 @@ live forward pass.
   with the monitor observer (scores of every probe at every token, copied back once as the
   [probes, tokens] result the WebSocket carries) against the same pass without it, alternating;
   overhead = median(with) / median(without) - 1.
+- lenses batched vs sequential: --lenses tuned lenses (random translators at every block) on the
+  same block outputs, the whole lens table's statistics (top token, probability, entropy, KL to
+  the final distribution for every lens, block and token) by `LensBank.stats` (one batched
+  translator matmul per block, then norm + unembedding over lenses x positions) against
+  `LensBank.stats_sequential` (one lens, one block at a time); median of --lens-repeat,
+  alternating, the results checked equal (token ids identical, probabilities within 1e-4). The
+  unembedding (vocab x width per row) is the same work in both and dominates on CPU; the
+  translator step alone (one bmm per block vs one product per lens) is printed beside it.
 - steer toggle: part A's bench/steer_toggle.py measurement (the real server, a steering vector
   toggled, ms until the logits show it), --steer-rounds toggles; --no-steer skips it (CUDA runs:
   the server bench runs the CPU live model).
 
-Ends with `RESULT batched_vs_sequential=... monitor_overhead=... steer_toggle_p50_ms=...`.
+Ends with `RESULT batched_vs_sequential=... monitor_overhead=... steer_toggle_p50_ms=...
+lens_batched_vs_sequential=...`.
 Targets (issue 16): batched >= 6x faster, monitoring all 3,000 probes <= 25% of a forward pass,
 steer toggle p50 <= 100 ms on CPU.
 """
@@ -78,6 +88,8 @@ def main() -> int:
     ap.add_argument("--probes", type=int, default=100, help="probes per block")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--lenses", type=int, default=10, help="tuned lenses evaluated together")
+    ap.add_argument("--lens-repeat", type=int, default=1, help="each lens table call takes minutes on CPU")
     ap.add_argument("--steer-rounds", type=int, default=10)
     ap.add_argument("--no-steer", action="store_true")
     args = ap.parse_args()
@@ -148,6 +160,8 @@ def main() -> int:
     overhead = m50 / w50 - 1
     overhead_cpu = cpu(with_) / cpu(without) - 1
 
+    lens = lens_bench(live, hidden, args.lenses, args.lens_repeat, device)
+
     steer_p50 = None
     if not args.no_steer:
         steer_p50 = steer_toggle(args.model, args.steer_rounds)
@@ -167,14 +181,84 @@ def main() -> int:
     print(f"monitor overhead: {overhead * 100:.1f}% of a forward pass, {overhead_cpu * 100:.1f}% in CPU time "
           "(target <= 25%: "
           f"{'met' if overhead <= 0.25 else 'MISSED'})")
+    print(f"{args.lenses} tuned lenses x {n_layers} blocks x {args.tokens} tokens, vocab {lens['vocab']}:")
+    for label, key in (("lens table stats, batched (LensBank.stats)", "batched"),
+                       ("lens table stats, sequential (per lens, per block, ref)", "sequential"),
+                       ("translators only, batched (one bmm per block)", "tr_batched"),
+                       ("translators only, sequential (per lens, ref)", "tr_sequential")):
+        xs = lens[key]
+        print(f"{label:52} {statistics.median(xs):9.2f} {np.percentile(xs, 95):9.2f} {cpu(xs):11.2f}")
+    print(f"lenses batched vs sequential: {lens['ratio']:.2f}x faster ({lens['ratio_cpu']:.2f}x in CPU time); "
+          f"translators alone {lens['tr_ratio']:.2f}x; max |prob difference| = {lens['err']:.1e}")
     if steer_p50 is not None:
         print(f"steer toggle -> logits p50: {steer_p50:.1f} ms (target <= 100 ms on CPU: "
               f"{'met' if steer_p50 <= 100 else 'MISSED'})")
     print(f"load average {load:.1f} on {os.cpu_count()} cores (torch threads {torch.get_num_threads()})")
     steer_txt = f"{steer_p50:.1f}" if steer_p50 is not None else "skipped"
     print(f"RESULT batched_vs_sequential={ratio:.2f} monitor_overhead={overhead:.3f} steer_toggle_p50_ms={steer_txt} "
-          f"batched_vs_sequential_cpu={ratio_cpu:.2f} monitor_overhead_cpu={overhead_cpu:.3f} load={load:.1f}")
+          f"batched_vs_sequential_cpu={ratio_cpu:.2f} monitor_overhead_cpu={overhead_cpu:.3f} "
+          f"lens_batched_vs_sequential={lens['ratio']:.2f} lens_translators_batched_vs_sequential={lens['tr_ratio']:.2f} "
+          f"load={load:.1f}")
     return 0
+
+
+def lens_bench(live, hidden: dict, n_lenses: int, repeat: int, device) -> dict:
+    """LensBank.stats against stats_sequential for n_lenses random tuned lenses on `hidden`."""
+    import torch
+
+    from tensor_surgery.interp.bank import LensBank
+    from tensor_surgery.interp.lens import TunedLens, final_norm, unembedding
+
+    model = live.hf_model
+    n_layers, width = len(hidden), int(model.config.hidden_size)
+    rng = np.random.default_rng(1)
+    lenses = []
+    for _ in range(n_lenses):
+        lens = TunedLens.identity(n_layers, width)
+        for L in range(n_layers):
+            lens.weights[L] = (rng.standard_normal((width, width)) * 0.02).astype(np.float32)
+            lens.biases[L] = (rng.standard_normal(width) * 0.1).astype(np.float32)
+        lenses.append(lens)
+    bank = LensBank(lenses, device)
+    norm, head = final_norm(model), unembedding(model)
+    hidden = {L: (h[0] if h.dim() == 3 else h) for L, h in hidden.items()}
+    with torch.inference_mode():
+        final = head(norm(hidden[n_layers - 1]))
+
+        def tr_batched():
+            return [bank.translate(L, h.float()) for L, h in hidden.items()][-1].cpu()
+
+        def tr_sequential():
+            out = None
+            for ln in lenses:
+                for L, h in hidden.items():
+                    A = torch.from_numpy(ln.weights[L]).to(h.device)
+                    bb = torch.from_numpy(ln.biases[L]).to(h.device)
+                    hf = h.float()
+                    out = hf + hf @ A.T + bb
+            return out.cpu()
+
+        res: dict = {"batched": [], "sequential": [], "tr_batched": [], "tr_sequential": []}
+        tr_batched(), tr_sequential()  # warm-up (the stats warm up on the small prefix below)
+        short = {L: h[:4] for L, h in hidden.items()}
+        bank.stats(norm, head, short, final[:4]), bank.stats_sequential(norm, head, short, final[:4])
+        got: dict = {}
+        for _ in range(repeat):  # each call is seconds of unembedding on CPU: few, long repeats
+            timed(lambda: got.__setitem__("a", bank.stats(norm, head, hidden, final)), device, res["batched"])
+            timed(lambda: got.__setitem__("b", bank.stats_sequential(norm, head, hidden, final)), device,
+                  res["sequential"])
+        a, b = got["a"], got["b"]
+        same = (a["token_id"] == b["token_id"]).mean()
+        err = float(np.abs(a["prob"] - b["prob"]).max())
+        assert same > 0.999 and err < 1e-4, f"batched and sequential lenses differ: {same:.4f} same tokens, {err}"
+        for _ in range(max(repeat, 10)):
+            timed(tr_batched, device, res["tr_batched"])
+            timed(tr_sequential, device, res["tr_sequential"])
+    res["ratio"] = statistics.median(res["sequential"]) / statistics.median(res["batched"])
+    res["ratio_cpu"] = cpu(res["sequential"]) / cpu(res["batched"])
+    res["tr_ratio"] = statistics.median(res["tr_sequential"]) / statistics.median(res["tr_batched"])
+    res["err"], res["vocab"] = err, int(final.shape[-1])
+    return res
 
 
 def steer_toggle(model: Path, rounds: int) -> float:

@@ -223,7 +223,7 @@ def test_batched_lens_tables_equal_the_sequential_per_lens_loop(smol, ids, oracl
     rng = np.random.default_rng(4)
     lenses = [_random_lens(rng, range(N_LAYERS)), _random_lens(rng, range(0, N_LAYERS, 3)), None,
               ln.TunedLens.identity(N_LAYERS, HIDDEN)]
-    monkeypatch.setattr(bk, "LENS_CHUNK_ELEMENTS", 2 * ids.shape[1] * model.config.vocab_size)  # 2 lenses a chunk
+    monkeypatch.setattr(bk, "LENS_CHUNK_ELEMENTS", 3 * model.config.vocab_size)  # 3 rows a chunk, across lenses
     batched = ln.lens_tables(model, tok, ids, lenses)
     sequential = ln.lens_tables(model, tok, ids, lenses, sequential=True)
     assert [t["kind"] for t in batched] == ["tuned", "tuned", "logit", "tuned"]

@@ -145,7 +145,10 @@ def torch_sigmoid(x):
 
 # -- lenses ---------------------------------------------------------------------------------------------
 
-LENS_CHUNK_ELEMENTS = 1 << 25  # lens logits held at once ([rows, vocab] float32): 128 MiB per buffer
+# lens logits held at once ([rows, vocab] float32): 32 MiB per buffer, ~170 rows of a 49k vocabulary.
+# Measured on CPU (bench/probes.py): 640-row chunks ran slower than one lens at a time, as the
+# softmax temporaries left the cache; a few hundred rows keep the batch and the cache.
+LENS_CHUNK_ELEMENTS = 1 << 23
 
 
 class LensBank:
@@ -153,8 +156,8 @@ class LensBank:
 
     Each lens is a tuned lens (`interp.lens.TunedLens`, translators `h + h A_L^T + b_L`) or None,
     the logit lens (no translator). For block L, the A's of every lens that has a translator there
-    are stacked into one [K_L, width, width] tensor (already transposed) and their biases into
-    [K_L, 1, width], so translating the block output for all K_L lenses is one batched matmul; the
+    are laid side by side, transposed, as one [width, K_L x width] matrix and their biases as
+    [K_L, 1, width], so translating the block output for all K_L lenses is one matmul; the
     [lenses, tokens, width] result is then cast to the model's dtype and pushed through the final
     norm and the unembedding as one batch of lenses x positions rows. The per-row statistics (top
     tokens, probability, entropy, KL to the final distribution) are reduced on the device and
@@ -176,11 +179,11 @@ class LensBank:
         self.width = widths.pop() if widths else None
         layers = sorted({L for ln in self.lenses if ln is not None for L in ln.weights})
         self.translated: dict[int, object] = {}  # L -> index tensor of the lenses with a translator at L
-        self.weights_t: dict[int, object] = {}  # L -> [K_L, width, width] float32, A^T of each
+        self.weights_t: dict[int, object] = {}  # L -> [width, K_L * width] float32: A^T of each, side by side
         self.biases: dict[int, object] = {}  # L -> [K_L, 1, width]
         for L in layers:
             idx = [i for i, ln in enumerate(self.lenses) if ln is not None and L in ln.weights]
-            A = np.stack([np.asarray(self.lenses[i].weights[L], np.float32).T for i in idx])
+            A = np.concatenate([np.asarray(self.lenses[i].weights[L], np.float32).T for i in idx], axis=1)
             b = np.stack([np.asarray(self.lenses[i].biases[L], np.float32)[None, :] for i in idx])
             self.translated[L] = torch.tensor(idx, device=self.device)
             self.weights_t[L] = torch.from_numpy(np.ascontiguousarray(A)).to(self.device)
@@ -191,14 +194,16 @@ class LensBank:
 
     def translate(self, L: int, h):
         """Block L's output [tokens, width] -> [lenses, tokens, width] float32, every lens's
-        translator applied (one batched matmul); lenses without one at L pass h through."""
+        translator applied (one matmul for all); lenses without one at L pass h through."""
         import torch
 
         h32 = h.float()
         out = h32.unsqueeze(0).expand(len(self.lenses), *h32.shape)
         if L not in self.translated:
             return out
-        moved = h32 + torch.matmul(h32, self.weights_t[L]) + self.biases[L]  # [K_L, tokens, width]
+        k = self.biases[L].shape[0]
+        prod = (h32 @ self.weights_t[L]).view(h32.shape[0], k, h32.shape[1]).transpose(0, 1)
+        moved = h32 + prod + self.biases[L]  # [K_L, tokens, width]
         if moved.shape[0] == len(self.lenses):
             return moved
         out = out.clone()
@@ -215,20 +220,24 @@ class LensBank:
         final_logp = torch.log_softmax(final_logits.float(), dim=-1)
         final_p = final_logp.exp()
         n, t = len(self.lenses), final_logits.shape[0]
-        rows_per_chunk = max(t, LENS_CHUNK_ELEMENTS // max(int(final_logits.shape[-1]), 1))
-        lenses_per_chunk = max(1, rows_per_chunk // t)
+        rows = max(1, LENS_CHUNK_ELEMENTS // max(int(final_logits.shape[-1]), 1))
         parts: dict[str, list] = {"token_id": [], "prob": [], "entropy": [], "kl_to_final": []}
         with torch.inference_mode():
             for L in layers:
                 h = hidden[L]
                 x = self.translate(L, h).to(h.dtype)  # [lenses, tokens, width]
                 per: dict[str, list] = {k: [] for k in parts}
-                for s in range(0, n, lenses_per_chunk):
-                    logits = head(norm(x[s:s + lenses_per_chunk])).float()  # [k, tokens, vocab]
-                    for k, v in _row_stats(logits, final_logp, final_p, top).items():
-                        per[k].append(v)
+                # whole lenses a chunk (rows // t of them), or slices of one lens's positions
+                step, span = (max(1, rows // t), t) if rows >= t else (1, rows)
+                for s in range(0, n, step):
+                    for a in range(0, t, span):
+                        logits = head(norm(x[s:s + step, a:a + span])).float()  # [k, positions, vocab]
+                        stats = _row_stats(logits, final_logp[a:a + span], final_p[a:a + span], top)
+                        for k, v in stats.items():
+                            per[k].append((s, a, v))
                 for k in parts:
-                    parts[k].append(torch.cat(per[k], dim=0))
+                    lens_rows = [torch.cat([v for s2, _, v in per[k] if s2 == s], dim=1) for s in range(0, n, step)]
+                    parts[k].append(torch.cat(lens_rows, dim=0))
             out = {k: torch.stack(v, dim=1).cpu().numpy() for k, v in parts.items()}  # the one copy back
         return {"layers": layers, **out}
 
