@@ -11,6 +11,12 @@ The monitor is an observer on live/hooks.py's seam: while the live model runs th
 probe of every layer scores every token, and the result rides along in the live `logits` message
 (`observers.probes`) for the page's heat strip.
 
+A `LensBank` does the same for lenses (tuned lenses and the logit lens): per block, the
+translators of every lens in one matmul, then the final norm and the unembedding over lenses x
+positions, the table's statistics reduced on the device and copied back once (`lens_tables`, the
+lens table of the page and `lens show`). On CPU the bf16 unembedding (vocab x width per row) is
+nearly all the work and costs about the same either way (bench/probes.py measures it).
+
 torch is imported lazily.
 """
 
