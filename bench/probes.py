@@ -184,7 +184,7 @@ def main() -> int:
     print(f"{args.lenses} tuned lenses x {n_layers} blocks x {args.tokens} tokens, vocab {lens['vocab']}:")
     for label, key in (("lens table stats, batched (LensBank.stats)", "batched"),
                        ("lens table stats, sequential (per lens, per block, ref)", "sequential"),
-                       ("translators only, batched (one bmm per block)", "tr_batched"),
+                       ("translators only, batched (one matmul per block)", "tr_batched"),
                        ("translators only, sequential (per lens, ref)", "tr_sequential")):
         xs = lens[key]
         print(f"{label:52} {statistics.median(xs):9.2f} {np.percentile(xs, 95):9.2f} {cpu(xs):11.2f}")
